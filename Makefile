@@ -1,0 +1,40 @@
+# issf — every target creates .venv and installs the project when needed (and does nothing extra otherwise).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: help install run test test-fast lint bench notebook clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install issf with its dev tools
+
+run: $(STAMP)  ## main job: generate the synthetic dataset if missing, train ISSF, test, print the mAP table
+	$(BIN)/python run.py
+
+test: $(STAMP)  ## the whole test suite
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)  ## tests without the slow (training / multi-process) ones
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check issf tests bench run.py
+
+bench: $(STAMP)  ## benchmarks; results are appended to bench/results.json
+	$(BIN)/python bench/run_all.py
+
+notebook: $(STAMP)  ## execute notebooks/analysis.ipynb on the latest run (outputs in logs/notebook/)
+	$(BIN)/python -m jupyter nbconvert --to notebook --execute notebooks/analysis.ipynb --output-dir logs/notebook
+
+clean:  ## remove caches and run outputs (keeps data/ and .venv)
+	rm -rf logs outputs multirun .pytest_cache .ruff_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

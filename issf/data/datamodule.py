@@ -1,0 +1,268 @@
+"""Streaming LightningDataModule over a feature file: padded batches with masks.
+
+Batches are formed by a deterministic, length-bucketed batch sampler that also shards batches
+across DDP ranks itself (so Lightning's sampler replacement is switched off:
+``Trainer(use_distributed_sampler=False)``). Each index it yields carries a per-epoch sampling
+seed, so temporal sampling is deterministic whatever the number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from issf.data.annotations import GroundTruth
+from issf.data.h5 import FeatureFile
+
+
+def sample_indices(length: int, target: int, rng: np.random.Generator | None) -> np.ndarray:
+    """Snippet indices that resample a video of ``length`` to ``target`` snippets.
+
+    With ``rng``: random perturbation within ``target`` equal strata (training, ACM-Net practice;
+    shorter videos are stretched by repetition). Without: uniform down-sampling, or all snippets
+    when the video is not longer than ``target`` (testing).
+    """
+    if rng is None:
+        if length <= target:
+            return np.arange(length)
+        return np.floor(np.arange(target) * length / target).astype(np.int64)
+    edges = np.arange(target + 1) * length / target
+    low = np.floor(edges[:-1]).astype(np.int64)
+    high = np.maximum(np.ceil(edges[1:]).astype(np.int64), low + 1)
+    return np.minimum(low + np.floor(rng.random(target) * (high - low)).astype(np.int64), length - 1)
+
+
+class VideoDataset(Dataset):
+    """Videos of one split; item key is (position in split, sampling seed or -1)."""
+
+    def __init__(self, file: FeatureFile, indices: np.ndarray, sample_length: int | None = None):
+        self.file = file
+        self.indices = np.asarray(indices)
+        self.sample_length = sample_length
+        self.lengths = file.lengths[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        position, seed = key
+        features = self.file.features(int(self.indices[position]))
+        if self.sample_length:
+            rng = np.random.default_rng(seed) if seed >= 0 else None
+            features = features[sample_indices(len(features), self.sample_length, rng)]
+        return {
+            "features": torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)),
+            "labels": torch.from_numpy(self.file.labels[self.indices[position]].astype(np.float32)),
+            "index": position,
+        }
+
+
+def collate_videos(items: Sequence[dict]) -> dict:
+    """Right-pad to the longest video; ``mask`` marks valid snippets."""
+    lengths = torch.tensor([len(it["features"]) for it in items])
+    dim = items[0]["features"].shape[1]
+    features = torch.zeros(len(items), int(lengths.max()), dim)
+    for i, it in enumerate(items):
+        features[i, : len(it["features"])] = it["features"]
+    return {
+        "features": features,
+        "mask": torch.arange(features.shape[1])[None] < lengths[:, None],
+        "lengths": lengths,
+        "labels": torch.stack([it["labels"] for it in items]),
+        "index": torch.tensor([it["index"] for it in items]),
+    }
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Deterministic batches of similar length, sharded over DDP ranks.
+
+    Training (``shuffle``): each epoch the videos are shuffled with ``seed + epoch``, cut into pools
+    of ``pool_batches`` batches, each pool sorted by length and cut into batches, and the batches
+    shuffled; every rank gets the same number of batches (the last ones wrap around). With
+    ``bucket=False`` batches are plain random, as the official loader. Evaluation: batches of
+    length-sorted videos, distributed without duplicates (ranks may get different counts).
+    """
+
+    def __init__(
+        self, lengths: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0, bucket: bool = True,
+        pool_batches: int = 8, sample: bool = False, drop_last: bool = False,
+    ):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.bucket = bucket
+        self.pool_batches = pool_batches
+        self.sample = sample
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[np.ndarray]:
+        n = len(self.lengths)
+        if not self.shuffle:
+            order = np.argsort(self.lengths, kind="stable")
+            return [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(n)
+        if self.bucket:
+            pool = self.batch_size * self.pool_batches
+            order = np.concatenate(
+                [chunk[np.argsort(self.lengths[chunk], kind="stable")] for chunk in np.array_split(order, max(1, math.ceil(n / pool)))]
+            )
+        batches = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+        if self.drop_last and len(batches) > 1 and len(batches[-1]) < self.batch_size:
+            batches = batches[:-1]
+        if self.bucket:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def _shard(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        rank, world = _dist_info()
+        if world == 1:
+            return batches
+        if self.shuffle:
+            per_rank = math.ceil(len(batches) / world)
+            batches = [batches[i % len(batches)] for i in range(per_rank * world)]
+            return batches[rank::world]
+        order = np.argsort(self.lengths, kind="stable")[rank::world]
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self._shard(self._batches()):
+            seeds = (
+                np.random.default_rng([self.seed, self.epoch, 7]).integers(0, 2**31, len(self.lengths))
+                if self.sample and self.shuffle else None
+            )
+            yield [(int(i), int(seeds[i]) if seeds is not None else -1) for i in batch]
+
+    def __len__(self) -> int:
+        return len(self._shard(self._batches()))
+
+
+class FeatureDataModule(pl.LightningDataModule):
+    """Train/test loaders over one feature file; optional validation split carved from train."""
+
+    def __init__(
+        self,
+        path: str,
+        train_subsets: Sequence[str] = ("train",),
+        test_subsets: Sequence[str] = ("test",),
+        val_fraction: float = 0.0,
+        batch_size: int = 10,
+        eval_batch_size: int = 16,
+        num_workers: int = 0,
+        bucket: bool = True,
+        train_sample_length: int | None = None,
+        test_sample_length: int | None = None,
+        seed: int = 0,
+        prepare_hint: str | None = None,
+    ):
+        super().__init__()
+        self.path = path
+        self.train_subsets = list(train_subsets)
+        self.test_subsets = list(test_subsets)
+        self.val_fraction = val_fraction
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.bucket = bucket
+        self.train_sample_length = train_sample_length
+        self.test_sample_length = test_sample_length
+        self.seed = seed
+        self.prepare_hint = prepare_hint
+        self.file: FeatureFile | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.file is not None:
+            return
+        try:
+            self.file = FeatureFile(self.path)
+        except FileNotFoundError as err:
+            hint = f"\nCreate it with:\n  {self.prepare_hint}" if self.prepare_hint else ""
+            raise FileNotFoundError(f"{err}{hint}") from None
+        train = self.file.indices(self.train_subsets)
+        if len(train) == 0:
+            raise ValueError(f"{self.path}: no videos in subsets {self.train_subsets}")
+        self.val_indices = np.zeros(0, dtype=np.int64)
+        if self.val_fraction > 0:
+            rng = np.random.default_rng([self.seed, 11])
+            chosen = np.zeros(len(train), dtype=bool)
+            chosen[rng.permutation(len(train))[: max(1, round(self.val_fraction * len(train)))]] = True
+            self.val_indices, train = train[chosen], train[~chosen]
+        self.train_indices = train
+        self.test_indices = self.file.indices(self.test_subsets)
+
+    # ----------------------------------------------------------------- metadata
+    @property
+    def class_names(self) -> list[str]:
+        self.setup()
+        return self.file.class_names
+
+    @property
+    def feature_dim(self) -> int:
+        self.setup()
+        return self.file.feature_dim
+
+    @property
+    def snippet_seconds(self) -> float:
+        self.setup()
+        return self.file.snippet_seconds
+
+    def ground_truth(self, split: str) -> GroundTruth:
+        """Annotations of a split ("train", "val", "test"), indexed like the split's dataset."""
+        self.setup()
+        full = self.file.ground_truth(None)
+        return full.subset(self._indices(split))
+
+    def _indices(self, split: str) -> np.ndarray:
+        return {"train": self.train_indices, "val": self.val_indices, "test": self.test_indices}[split]
+
+    # ----------------------------------------------------------------- loaders
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        self.setup()
+        sample = self.train_sample_length if split == "train" else self.test_sample_length
+        dataset = VideoDataset(self.file, self._indices(split), sample)
+        sampler = BucketBatchSampler(
+            dataset.lengths, batch_size, shuffle=shuffle, seed=self.seed, bucket=self.bucket,
+            sample=bool(sample),
+        )
+        return DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=collate_videos, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.batch_size)
+
+    def memory_init_dataloader(self) -> DataLoader:
+        """Training videos in a fixed order, unsampled beyond the test rule (memory initialisation)."""
+        self.setup()
+        dataset = VideoDataset(self.file, self.train_indices, self.test_sample_length)
+        batches = [[(i, -1) for i in range(s, min(s + self.eval_batch_size, len(dataset)))]
+                   for s in range(0, len(dataset), self.eval_batch_size)]
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_videos, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        split = "val" if len(self.val_indices) else "test"
+        return self._loader(split, False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size)
+
+    def teardown(self, stage: str | None = None) -> None:
+        if self.file is not None:
+            self.file.close()

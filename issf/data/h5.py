@@ -1,0 +1,244 @@
+"""The project's HDF5 feature file: schema, atomic streaming writer and lazy reader.
+
+Layout (schema version 1)::
+
+    /features              float16|float32 [total_snippets, D], chunked along time
+    /video/offsets         int64 [V+1]   snippets of video v: features[offsets[v]:offsets[v+1]]
+    /video/ids             str [V]
+    /video/subset          str [V]       e.g. "train" | "test" (dataset splits map names to these)
+    /video/duration        float64 [V]   seconds
+    /video/labels          uint8 [V, C]  video-level multi-hot labels (weak supervision)
+    /segments/bounds       float64 [S, 2] seconds
+    /segments/video        int32 [S]
+    /segments/label        int16 [S]
+    /ambiguous/bounds      float64 [A, 2] seconds
+    /ambiguous/video       int32 [A]
+    attrs: schema_version, classes, snippet_seconds, feature_name, feature_dim, source, checksum
+
+``/segments`` and ``/ambiguous`` are groups (an HDF5 dataset cannot hold children), so the
+interval arrays live in ``bounds`` beside their index arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from issf.data.annotations import GroundTruth
+
+SCHEMA_VERSION = 1
+_STR = h5py.string_dtype("utf-8")
+
+
+@dataclass
+class VideoEntry:
+    """One video as it goes into a feature file."""
+
+    video_id: str
+    subset: str
+    duration: float
+    features: np.ndarray  # [T, D]
+    labels: np.ndarray  # multi-hot [C]
+    segments: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # [S, 2] seconds
+    segment_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [S]
+    ambiguous: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # [A, 2] seconds
+
+
+def write_feature_file(
+    path: str | os.PathLike,
+    videos: Iterable[VideoEntry],
+    class_names: list[str],
+    *,
+    snippet_seconds: float,
+    feature_name: str,
+    source: Any = None,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    extra_attrs: dict[str, Any] | None = None,
+) -> Path:
+    """Stream videos into ``path``; the file appears only when it is complete.
+
+    Features are appended video by video (memory stays at one video); the file is written to a
+    temporary name next to ``path`` and renamed into place at the end, so an error or an
+    interruption never leaves a partial file behind. A SHA-256 of features and annotations is
+    stored in the ``checksum`` attribute.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (task option `overwrite=true`) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    np_dtype = np.dtype(dtype)
+    if np_dtype not in (np.float16, np.float32):
+        raise ValueError(f"feature dtype must be float16 or float32, got {dtype}")
+    digest = hashlib.sha256()
+    ids: list[str] = []
+    subsets: list[str] = []
+    durations: list[float] = []
+    labels: list[np.ndarray] = []
+    offsets = [0]
+    seg_bounds, seg_video, seg_label, amb_bounds, amb_video = [], [], [], [], []
+    try:
+        with h5py.File(tmp, "w") as f:
+            feats = None
+            for v, entry in enumerate(videos):
+                x = np.asarray(entry.features)
+                if x.ndim != 2 or x.shape[0] == 0:
+                    raise ValueError(f"video {entry.video_id}: features must be [T>0, D], got {x.shape}")
+                if feats is None:
+                    dim = x.shape[1]
+                    feats = f.create_dataset(
+                        "features", shape=(0, dim), maxshape=(None, dim), dtype=np_dtype,
+                        chunks=(max(1, min(256, (1 << 20) // (dim * np_dtype.itemsize))), dim),
+                    )
+                elif x.shape[1] != feats.shape[1]:
+                    raise ValueError(
+                        f"video {entry.video_id}: feature dim {x.shape[1]} differs from {feats.shape[1]}"
+                    )
+                xs = x.astype(np_dtype, copy=False)
+                n0 = feats.shape[0]
+                feats.resize(n0 + len(xs), axis=0)
+                feats[n0:] = xs
+                digest.update(np.ascontiguousarray(xs).tobytes())
+                offsets.append(n0 + len(xs))
+                ids.append(str(entry.video_id))
+                subsets.append(str(entry.subset))
+                durations.append(float(entry.duration))
+                labels.append(np.asarray(entry.labels, dtype=np.uint8).reshape(len(class_names)))
+                segs = np.asarray(entry.segments, dtype=np.float64).reshape(-1, 2)
+                seg_bounds.append(segs)
+                seg_video.append(np.full(len(segs), v, dtype=np.int32))
+                seg_label.append(np.asarray(entry.segment_labels, dtype=np.int16).reshape(-1))
+                amb = np.asarray(entry.ambiguous, dtype=np.float64).reshape(-1, 2)
+                amb_bounds.append(amb)
+                amb_video.append(np.full(len(amb), v, dtype=np.int32))
+            if feats is None:
+                raise ValueError("no videos to write")
+            if len(set(ids)) != len(ids):
+                dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+                raise ValueError(f"duplicate video ids: {dup}")
+            arrays = {
+                "video/offsets": np.asarray(offsets, dtype=np.int64),
+                "video/duration": np.asarray(durations, dtype=np.float64),
+                "video/labels": np.stack(labels),
+                "segments/bounds": np.concatenate(seg_bounds).reshape(-1, 2),
+                "segments/video": np.concatenate(seg_video),
+                "segments/label": np.concatenate(seg_label),
+                "ambiguous/bounds": np.concatenate(amb_bounds).reshape(-1, 2),
+                "ambiguous/video": np.concatenate(amb_video),
+            }
+            for name, arr in arrays.items():
+                f.create_dataset(name, data=arr)
+                digest.update(name.encode() + np.ascontiguousarray(arr).tobytes())
+            f.create_dataset("video/ids", data=np.asarray(ids, dtype=object), dtype=_STR)
+            f.create_dataset("video/subset", data=np.asarray(subsets, dtype=object), dtype=_STR)
+            digest.update("\n".join(ids + subsets + list(class_names)).encode())
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["classes"] = json.dumps(list(class_names))
+            f.attrs["snippet_seconds"] = float(snippet_seconds)
+            f.attrs["feature_name"] = feature_name
+            f.attrs["feature_dim"] = int(feats.shape[1])
+            f.attrs["source"] = json.dumps(source, default=str)
+            f.attrs["checksum"] = "sha256:" + digest.hexdigest()
+            for k, val in (extra_attrs or {}).items():
+                f.attrs[k] = json.dumps(val, default=str)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+class FeatureFile:
+    """Read access to a feature file: metadata in memory, features read lazily per video.
+
+    The h5py handle is opened on first use in each process (pid guard) and dropped when the
+    object is pickled, so the object can be handed to DataLoader workers, ``fork`` or ``spawn``.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"feature file not found: {self.path}")
+        self._handle: h5py.File | None = None
+        self._pid: int | None = None
+        with h5py.File(self.path, "r") as f:
+            version = int(f.attrs.get("schema_version", -1))
+            if version != SCHEMA_VERSION:
+                raise ValueError(f"{self.path}: schema version {version}, expected {SCHEMA_VERSION}")
+            self.class_names: list[str] = json.loads(f.attrs["classes"])
+            self.snippet_seconds = float(f.attrs["snippet_seconds"])
+            self.feature_name = str(f.attrs["feature_name"])
+            self.feature_dim = int(f.attrs["feature_dim"])
+            self.checksum = str(f.attrs["checksum"])
+            self.source = json.loads(f.attrs["source"])
+            self.offsets = f["video/offsets"][()]
+            self.video_ids = [s.decode() if isinstance(s, bytes) else s for s in f["video/ids"][()]]
+            self.subsets = np.asarray([s.decode() if isinstance(s, bytes) else s for s in f["video/subset"][()]])
+            self.durations = f["video/duration"][()]
+            self.labels = f["video/labels"][()]
+            self.segments = f["segments/bounds"][()]
+            self.segment_video = f["segments/video"][()].astype(np.int64)
+            self.segment_label = f["segments/label"][()].astype(np.int64)
+            self.ambiguous = f["ambiguous/bounds"][()]
+            self.ambiguous_video = f["ambiguous/video"][()].astype(np.int64)
+        self.lengths = np.diff(self.offsets)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        state["_pid"] = None
+        return state
+
+    def _file(self) -> h5py.File:
+        if self._handle is None or self._pid != os.getpid():
+            self._handle = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._handle
+
+    def close(self) -> None:
+        if self._handle is not None and self._pid == os.getpid():
+            self._handle.close()
+        self._handle = None
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def features(self, video: int) -> np.ndarray:
+        """[T, D] features of one video as float32 (one contiguous read)."""
+        lo, hi = self.offsets[video], self.offsets[video + 1]
+        return self._file()["features"][lo:hi].astype(np.float32, copy=False)
+
+    def indices(self, subsets: str | list[str] | None) -> np.ndarray:
+        """File indices of the videos whose subset is one of ``subsets`` (all when None), file order."""
+        if subsets is None:
+            return np.arange(len(self))
+        names = [subsets] if isinstance(subsets, str) else list(subsets)
+        return np.flatnonzero(np.isin(self.subsets, names))
+
+    def ground_truth(self, subsets: str | list[str] | None = None) -> GroundTruth:
+        """Annotations of the chosen subsets, videos re-indexed in file order."""
+        full = GroundTruth(
+            class_names=self.class_names,
+            video_ids=self.video_ids,
+            durations=self.durations,
+            segments=self.segments,
+            segment_video=self.segment_video,
+            segment_label=self.segment_label,
+            labels=self.labels,
+            ambiguous=self.ambiguous,
+            ambiguous_video=self.ambiguous_video,
+        )
+        return full.subset(self.indices(subsets))

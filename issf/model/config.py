@@ -1,0 +1,68 @@
+"""Configuration of the ISSF network: module switches, hyper-parameters and official-code quirks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class CompatConfig:
+    """Behaviours of the released ISSF code (ISSF_SPEC.md section 3), each True = official.
+
+    The paper-faithful defaults (``experiment=thumos_full``) fix the bugs; ``thumos_official``
+    turns every flag on to reproduce the released code.
+    """
+
+    memory_class0: bool = False  # B1: memory reads/updates class 0 for every GT class
+    wrap_last: bool = True  # B3: snippet 0 selected -> predecessor index -1 wraps to the last snippet
+    saliency_after_dropout: bool = True  # B5: temporal differences on post-dropout features
+    memory_store_post_dropout: bool = True  # B11: training updates insert post-dropout features
+    saliency_skip_first: bool = False  # B4 option: exclude snippet 0 (difference to zero) from ranking
+
+
+@dataclass
+class ISSFConfig:
+    """Hyper-parameters and switches of the ISSF network and its losses."""
+
+    input_dim: int = 2048
+    embed_dim: int = 2048
+    num_classes: int = 20
+    dropout: float = 0.6
+    scale: float = 20.0  # cosine-classifier scale sigma
+    # module switches (all off = the base branch alone, ISSF_SPEC.md 4.5)
+    saliency: bool = True  # SIM + BRM branch
+    channel_interaction: bool = True  # channel part of the IIU
+    non_salient_branch: bool = True  # second IIU on the non-salient set (lambda mix)
+    memory: bool = True  # DEM
+    pseudo_labels: bool = True  # distillation of the fused branches into the base branch
+    # hyper-parameters
+    saliency_ratio: float = 0.5  # p
+    lamb: float = 0.12  # weight of the non-salient IIU output
+    reduce: int = 4  # channel-MLP reduction
+    memory_slots: int = 9  # N per class
+    memory_init_epoch: int = 1  # eval-mode initialisation pass at the end of this epoch
+    memory_ema_epoch: int = 85  # EMA blending for epoch index > this
+    schedule_epochs: int = 180  # E in the EMA coefficient m = 0.5 ln(exp(t/E) + 1)
+    tau: float = 0.2  # pseudo-label temperature
+    w_bg: float = 0.2
+    w_att: float = 0.1
+    w_pl: float = 1.0  # before the memory starts
+    w_pl_memory: float = 0.5  # from the memory start on
+    w_memory: float = 0.5  # weight of the memory branch's NCE terms
+    pl_memory_mix: float = 0.2  # pseudo-label target = mix * S_mem + (1 - mix) * S_sal
+    att_ratio: float = 8.0  # attention loss uses k = max(T // att_ratio, 1)
+    fusion_base: float = 0.6  # inference: weight of the base branch (rest: saliency branch)
+    compat: CompatConfig = field(default_factory=CompatConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.compat, dict):
+            self.compat = CompatConfig(**self.compat)
+        if not 0.0 < self.saliency_ratio <= 1.0:
+            raise ValueError(f"saliency_ratio must be in (0, 1], got {self.saliency_ratio}")
+        if self.memory and not self.saliency:
+            raise ValueError("memory=true needs saliency=true (the memory stores salient snippet-features)")
+
+    @property
+    def memory_start_epoch(self) -> int:
+        """First epoch whose training steps read the memory."""
+        return self.memory_init_epoch + 1

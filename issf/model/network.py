@@ -1,0 +1,163 @@
+"""The ISSF network: base branch, saliency/boundary-refinement branch and memory branch.
+
+Batched over right-padded videos with a boolean mask; every temporal reduction respects the
+mask so that a batch gives the same per-video outputs as one video at a time (ISSF_SPEC.md 5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from issf.losses import attention_loss, nce, pseudo_label_loss, video_targets
+from issf.model.config import ISSFConfig
+from issf.model.embedding import Embedding
+from issf.model.head import BranchOutput, ClassificationHead
+from issf.model.interaction import InteractionUnit
+from issf.model.memory import SalientMemory
+from issf.model.saliency import salient_mask
+
+
+@dataclass
+class ForwardOutput:
+    base: BranchOutput
+    saliency: BranchOutput | None = None
+    fused: torch.Tensor | None = None  # [B, T, D] refined features F~
+    salient: torch.Tensor | None = None  # [B, T] salient indicator
+    candidates: torch.Tensor | None = None  # [B, T, D] features the memory would store
+    candidate_scores: torch.Tensor | None = None  # [B, T, C+1] their class scores
+    memory_updates: list = field(default_factory=list)  # (features, scores, classes) applied this step
+
+
+class ISSF(nn.Module):
+    def __init__(self, cfg: ISSFConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = Embedding(cfg.input_dim, cfg.embed_dim, cfg.dropout)
+        self.head = ClassificationHead(cfg.embed_dim, cfg.num_classes, cfg.scale)
+        if cfg.saliency:
+            self.salient_unit = InteractionUnit(cfg.embed_dim, cfg.reduce, cfg.channel_interaction)
+            if cfg.non_salient_branch:
+                self.non_salient_unit = InteractionUnit(cfg.embed_dim, cfg.reduce, cfg.channel_interaction)
+        if cfg.memory:
+            self.memory = SalientMemory(
+                cfg.num_classes, cfg.memory_slots, cfg.embed_dim, cfg.memory_ema_epoch, cfg.schedule_epochs
+            )
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> ForwardOutput:
+        cfg = self.cfg
+        hidden, features = self.embedding(x)
+        out = ForwardOutput(base=self.head(features, mask))
+        if not cfg.saliency:
+            return out
+        source = features if cfg.compat.saliency_after_dropout else hidden
+        salient = salient_mask(
+            source.detach(), mask, cfg.saliency_ratio, cfg.compat.wrap_last, cfg.compat.saliency_skip_first
+        )
+        fused = self.salient_unit(features, salient)
+        if cfg.non_salient_branch:
+            fused = (1.0 - cfg.lamb) * fused + cfg.lamb * self.non_salient_unit(features, mask & ~salient)
+        else:
+            fused = (1.0 - cfg.lamb) * fused
+        out.saliency = self.head(fused, mask)
+        out.fused, out.salient = fused, salient
+        if cfg.memory:
+            stored = features if cfg.compat.memory_store_post_dropout else hidden
+            out.candidates = stored.detach()
+            out.candidate_scores = torch.softmax(self.head.snippet_logits(out.candidates), dim=-1)
+        return out
+
+    # ------------------------------------------------------------------ memory
+    def _memory_classes(self, labels: torch.Tensor) -> list[list[int]]:
+        classes = [torch.nonzero(row > 0).flatten().tolist() for row in labels]
+        if self.cfg.compat.memory_class0:
+            return [[0] * len(c) for c in classes]
+        return classes
+
+    def memory_branch(
+        self, out: ForwardOutput, mask: torch.Tensor, labels: torch.Tensor, epoch: int, update: bool = True
+    ) -> BranchOutput:
+        """Read the memory with the refined features, video by video in batch order, updating it
+        after each video (the official per-video order, B13); head over the read features."""
+        assert out.fused is not None and out.candidates is not None
+        read = torch.zeros_like(out.fused, dtype=torch.float32)
+        lengths = mask.sum(1).tolist()
+        for b, classes in enumerate(self._memory_classes(labels)):
+            if classes:
+                keys = self.memory.read(classes).float()
+                query = out.fused[b, : lengths[b]].float()
+                read[b, : lengths[b]] = torch.softmax(query @ keys.T, dim=-1) @ keys
+            if update:
+                sel = out.salient[b]
+                feats, scores = out.candidates[b][sel], out.candidate_scores[b][sel]
+                self.memory.update(feats, scores, classes, epoch)
+                out.memory_updates.append((feats, scores, classes))
+        return self.head(read.to(out.fused.dtype), mask)
+
+    @torch.no_grad()
+    def insert_into_memory(self, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, epoch: int) -> None:
+        """Initialisation pass (call in eval mode): salient features into each video's GT classes."""
+        out = self.forward(x, mask)
+        for b, row in enumerate(labels):
+            classes = torch.nonzero(row > 0).flatten().tolist()
+            sel = out.salient[b]
+            self.memory.update(out.candidates[b][sel], out.candidate_scores[b][sel], classes, epoch)
+
+    def memory_active(self, epoch: int) -> bool:
+        return self.cfg.memory and epoch >= self.cfg.memory_start_epoch and bool(self.memory.initialized)
+
+    # ------------------------------------------------------------------ training objective
+    def losses(
+        self, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, epoch: int, update_memory: bool = True
+    ) -> tuple[dict[str, torch.Tensor], ForwardOutput]:
+        """Per-video loss terms (each [B]) and the forward output; ``total`` is the training loss."""
+        cfg = self.cfg
+        labels = labels.float()
+        out = self.forward(x, mask)
+        fg, bg = video_targets(labels)
+        loss_fg = nce(out.base.video_fg, fg)
+        loss_bg = nce(out.base.video_bg, bg)
+        terms: dict[str, torch.Tensor] = {}
+        teacher = None
+        if out.saliency is not None:
+            loss_fg = loss_fg + nce(out.saliency.video_fg, fg)
+            loss_bg = loss_bg + nce(out.saliency.video_bg, bg)
+            teacher = out.saliency.logits
+        w_pl = cfg.w_pl
+        if cfg.memory and epoch >= cfg.memory_start_epoch:
+            w_pl = cfg.w_pl_memory
+        if self.memory_active(epoch):
+            mem = self.memory_branch(out, mask, labels, epoch, update=update_memory)
+            loss_fg = loss_fg + cfg.w_memory * nce(mem.video_fg, fg)
+            loss_bg = loss_bg + cfg.w_memory * nce(mem.video_bg, bg)
+            teacher = cfg.pl_memory_mix * mem.logits + (1.0 - cfg.pl_memory_mix) * out.saliency.logits
+        terms["fg"] = loss_fg
+        terms["bg"] = loss_bg
+        terms["att"] = attention_loss(out.base.attention, mask, cfg.att_ratio)
+        total = loss_fg + cfg.w_bg * loss_bg + cfg.w_att * terms["att"]
+        if cfg.pseudo_labels and teacher is not None:
+            terms["pl"] = pseudo_label_loss(out.base.logits, teacher, mask, cfg.tau)
+            total = total + w_pl * terms["pl"]
+        terms["total"] = total
+        return terms, out
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, ForwardOutput]:
+        """Video scores [B, C] and class activation sequence [B, T, C] (0 at padding)."""
+        out = self.forward(x, mask)
+        return (*self.fuse(out, mask), out)
+
+    def fuse(self, out: ForwardOutput, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.cfg.num_classes
+        w = self.cfg.fusion_base if out.saliency is not None else 1.0
+        video = w * out.base.video_fg
+        frames = w * torch.softmax(out.base.logits, dim=-1)
+        if out.saliency is not None:
+            video = video + (1.0 - w) * out.saliency.video_fg
+            frames = frames + (1.0 - w) * torch.softmax(out.saliency.logits, dim=-1)
+        cas = frames * out.base.attention[..., None] * mask[..., None]
+        return video[:, :c], cas[..., :c]

@@ -1,0 +1,44 @@
+"""Saliency inference module (SIM): salient snippets from temporal feature differences."""
+
+from __future__ import annotations
+
+import torch
+
+
+def temporal_difference(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """d_t = ||f_t - f_{t-1}||_1 with a zero vector before the first snippet; -inf at padding."""
+    previous = torch.zeros_like(features)
+    previous[:, 1:] = features[:, :-1]
+    diff = (features - previous).abs().sum(-1)
+    return diff.masked_fill(~mask, float("-inf"))
+
+
+def salient_mask(
+    features: torch.Tensor,
+    mask: torch.Tensor,
+    ratio: float,
+    wrap_last: bool = True,
+    skip_first: bool = False,
+) -> torch.Tensor:
+    """Boolean [B, T] salient indicator b_t of ISSF_SPEC.md 1.2 / 5.
+
+    The K_b = max(floor(ratio * len_b) - 1, 0) snippets with the largest backward difference are
+    selected, and each selected snippet marks itself and its predecessor. With ``wrap_last`` the
+    predecessor of snippet 0 is the video's last valid snippet (the official index -1 wrap).
+    Ranking uses a stable descending sort so ties resolve by position.
+    """
+    lengths = mask.sum(1)
+    diff = temporal_difference(features.float(), mask)
+    if skip_first:
+        diff[:, 0] = float("-inf")
+    k = torch.clamp(torch.floor(lengths.double() * ratio).long() - 1, min=0)
+    order = torch.argsort(diff, dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(diff.shape[1], device=diff.device).expand_as(order))
+    selected = (ranks < k[:, None]) & mask
+    salient = selected.clone()
+    salient[:, :-1] |= selected[:, 1:]
+    if wrap_last:
+        rows = torch.nonzero(selected[:, 0], as_tuple=True)[0]
+        salient[rows, lengths[rows] - 1] = True
+    return salient & mask

@@ -1,0 +1,227 @@
+"""ISSF network: batched == one video at a time, saliency mask, memory, gradient parity, switches."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+
+from issf.model.config import CompatConfig, ISSFConfig
+from issf.model.memory import SalientMemory, ema_momentum
+from issf.model.network import ISSF
+from issf.model.saliency import salient_mask, temporal_difference
+from tests.conftest import padded_batch
+
+DIM, C = 24, 5
+LENGTHS = [1, 2, 3, 4, 37, 64, 300]
+
+
+def make_net(**kw) -> ISSF:
+    torch.manual_seed(0)
+    return ISSF(ISSFConfig(input_dim=DIM, embed_dim=DIM, num_classes=C, dropout=0.0, **kw))
+
+
+def labels_for(n: int) -> torch.Tensor:
+    y = torch.zeros(n, C)
+    y[torch.arange(n), torch.arange(n) % C] = 1
+    y[0, (1 % C)] = 1  # a two-class video
+    return y
+
+
+def fill_memory(net: ISSF) -> None:
+    g = torch.Generator().manual_seed(3)
+    net.memory.slots.copy_(torch.rand(net.memory.slots.shape, generator=g))
+    net.memory.scores.copy_(torch.rand(net.memory.scores.shape, generator=g))
+    net.memory.initialized.fill_(True)
+
+
+def first_snippet_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Videos whose first snippet has the largest difference (so it is selected and wraps)."""
+    x, mask = padded_batch(LENGTHS, DIM, seed=1)
+    x[:, 0] += 5.0
+    return x * mask[..., None], mask
+
+
+@pytest.mark.parametrize("batch_fn", [lambda: padded_batch(LENGTHS, DIM), first_snippet_batch])
+@pytest.mark.parametrize("compat_class0", [False, True])
+def test_batched_equals_single_video(batch_fn, compat_class0):
+    net = make_net(compat=CompatConfig(memory_class0=compat_class0)).eval()
+    fill_memory(net)
+    x, mask = batch_fn()
+    y = labels_for(len(LENGTHS))
+    terms, out = net.losses(x, mask, y, epoch=3, update_memory=False)
+    scores, cas, _ = net.predict(x, mask)
+    for i, n in enumerate(LENGTHS):
+        t1, o1 = net.losses(x[i : i + 1, :n], mask[i : i + 1, :n], y[i : i + 1], epoch=3, update_memory=False)
+        s1, c1, _ = net.predict(x[i : i + 1, :n], mask[i : i + 1, :n])
+        assert torch.equal(out.salient[i, :n], o1.salient[0])
+        for k in terms:
+            assert torch.allclose(terms[k][i], t1[k][0], atol=1e-5, rtol=1e-5), (n, k)
+        assert torch.allclose(out.base.logits[i, :n], o1.base.logits[0], atol=1e-5)
+        assert torch.allclose(out.saliency.logits[i, :n], o1.saliency.logits[0], atol=1e-5)
+        assert torch.allclose(scores[i], s1[0], atol=1e-5)
+        assert torch.allclose(cas[i, :n], c1[0], atol=1e-5)
+        assert torch.all(cas[i, n:] == 0)
+
+
+def test_first_snippet_selected_wraps_to_last_valid_snippet():
+    x, mask = first_snippet_batch()
+    sal = salient_mask(x, mask, 0.5, wrap_last=True)
+    for i, n in enumerate(LENGTHS):
+        k = max(int(n * 0.5) - 1, 0)
+        if k > 0:
+            assert sal[i, 0] and sal[i, n - 1]
+        assert not sal[i, n:].any()
+    no_wrap = salient_mask(x, mask, 0.5, wrap_last=False)
+    i = LENGTHS.index(300)
+    assert not no_wrap[i, 299] or temporal_difference(x, mask)[i, 299] > 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_saliency_mask_properties(seed):
+    lengths = [2, 3, 4, 5, 9, 50, 131]
+    x, mask = padded_batch(lengths, DIM, seed=seed)
+    for ratio in (0.1, 0.5, 0.9):
+        sal = salient_mask(x, mask, ratio)
+        diff = temporal_difference(x, mask)
+        for i, n in enumerate(lengths):
+            k = max(int(n * ratio) - 1, 0)
+            count = int(sal[i].sum())
+            assert k <= count <= min(2 * k, n)
+            assert not sal[i, n:].any()
+            if k == 0:
+                assert count == 0
+            else:  # the k largest differences are salient
+                top = torch.topk(diff[i, :n], k).indices
+                assert sal[i, top].all()
+
+
+def test_empty_salient_set_gives_zero_refined_features():
+    net = make_net(non_salient_branch=False).eval()
+    x, mask = padded_batch([3], DIM)  # K = 0
+    out = net(x, mask)
+    assert not out.salient.any()
+    assert torch.all(out.fused == 0)
+
+
+def test_memory_update_keeps_top_scores_and_ema():
+    mem = SalientMemory(num_classes=3, slots=2, dim=4, ema_epoch=5, schedule_epochs=10)
+    feats = torch.arange(12.0).reshape(3, 4)
+    scores = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.2, 0.0], [0.5, 0.4, 0.0]])
+    mem.update(feats, scores, classes=[0], epoch=0)
+    assert torch.equal(mem.scores[0], torch.tensor([0.8, 0.5]))
+    assert torch.equal(mem.slots[0], feats[[1, 2]])
+    assert torch.all(mem.slots[1] == 0)  # other classes untouched
+    new = torch.full((1, 4), 100.0)
+    mem.update(new, torch.tensor([[0.6, 0.0, 0.0]]), classes=[0], epoch=6)  # EMA epoch
+    m = ema_momentum(6, 10)
+    expected_top = torch.stack([feats[1], new[0]])
+    assert torch.allclose(mem.slots[0], m * feats[[1, 2]] + (1 - m) * expected_top)
+    assert torch.allclose(mem.scores[0], torch.tensor([0.8, 0.6]))
+
+
+def test_compat_class0_updates_class0_once_per_gt_class():
+    net = make_net(compat=CompatConfig(memory_class0=True)).train()
+    net.memory.initialized.fill_(True)
+    x, mask = padded_batch([40], DIM, seed=2)
+    y = torch.zeros(1, C)
+    y[0, [2, 3]] = 1
+    net.losses(x, mask, y, epoch=3)
+    assert net.memory.scores[0].sum() > 0
+    assert torch.all(net.memory.slots[2:] == 0)
+    # two updates of class 0 with the same candidates duplicate the top feature
+    rows = net.memory.slots[0]
+    assert any(torch.equal(rows[a], rows[b]) for a, b in itertools.combinations(range(len(rows)), 2))
+
+    fixed = make_net().train()
+    fixed.memory.initialized.fill_(True)
+    fixed.losses(x, mask, y, epoch=3)
+    assert torch.all(fixed.memory.scores[0] == 0)
+    assert fixed.memory.scores[2].sum() > 0 and fixed.memory.scores[3].sum() > 0
+
+
+def test_batched_memory_updates_follow_loader_order():
+    lengths = [30, 12, 45, 20]
+    x, mask = padded_batch(lengths, DIM, seed=4)
+    y = labels_for(len(lengths))
+    y[:, 0] = 1  # every video updates class 0, so order matters
+    batched = make_net().eval()
+    fill_memory(batched)
+    single = copy.deepcopy(batched)
+    terms, _ = batched.losses(x, mask, y, epoch=3)
+    for i, n in enumerate(lengths):
+        t1, _ = single.losses(x[i : i + 1, :n], mask[i : i + 1, :n], y[i : i + 1], epoch=3)
+        assert torch.allclose(terms["total"][i], t1["total"][0], atol=1e-5)
+    assert torch.allclose(batched.memory.slots, single.memory.slots)
+    assert torch.equal(batched.memory.scores, single.memory.scores)
+
+
+def test_gradient_of_summed_batch_equals_accumulated_single_steps():
+    lengths = [5, 17, 33, 8, 60, 2, 41, 12, 25, 70]
+    x, mask = padded_batch(lengths, DIM, seed=5)
+    y = labels_for(len(lengths))
+    batched = make_net().train()  # dropout 0: identical masks by construction
+    fill_memory(batched)
+    single = copy.deepcopy(batched)
+    opt_b = torch.optim.Adam(batched.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=5e-4)
+    opt_s = torch.optim.Adam(single.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=5e-4)
+    terms, _ = batched.losses(x, mask, y, epoch=3)
+    terms["total"].sum().backward()
+    for i, n in enumerate(lengths):
+        t1, _ = single.losses(x[i : i + 1, :n], mask[i : i + 1, :n], y[i : i + 1], epoch=3)
+        t1["total"].sum().backward()
+    for (name, pb), ps in zip(batched.named_parameters(), single.parameters()):
+        assert torch.allclose(pb.grad, ps.grad, atol=1e-5, rtol=1e-4), name
+    opt_b.step()
+    opt_s.step()
+    for pb, ps in zip(batched.parameters(), single.parameters()):
+        assert torch.allclose(pb, ps, atol=1e-6)
+
+
+SWITCHES = ["saliency", "channel_interaction", "non_salient_branch", "memory", "pseudo_labels"]
+
+
+@pytest.mark.parametrize("values", list(itertools.product([False, True], repeat=len(SWITCHES))))
+def test_every_switch_combination_trains(values):
+    flags = dict(zip(SWITCHES, values))
+    if flags["memory"] and not flags["saliency"]:
+        with pytest.raises(ValueError, match="memory=true needs saliency=true"):
+            ISSFConfig(input_dim=DIM, embed_dim=DIM, num_classes=C, **flags)
+        return
+    torch.manual_seed(0)
+    net = ISSF(ISSFConfig(input_dim=DIM, embed_dim=DIM, num_classes=C, dropout=0.5, **flags)).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x, mask = padded_batch([1, 2, 9, 16], DIM)
+    y = labels_for(4)
+    before = [p.detach().clone() for p in net.parameters()]
+    for epoch in (0, 1, 2):
+        if flags["memory"] and epoch == 2:
+            net.eval()
+            net.insert_into_memory(x, mask, y, epoch=1)
+            net.memory.initialized.fill_(True)
+            net.train()
+        terms, _ = net.losses(x, mask, y, epoch)
+        assert torch.isfinite(terms["total"]).all()
+        opt.zero_grad()
+        terms["total"].sum().backward()
+        opt.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    scores, cas, _ = net.eval().predict(x, mask)
+    assert scores.shape == (4, C) and cas.shape == (4, 16, C)
+    assert torch.isfinite(cas).all()
+    if not flags["saliency"]:
+        assert not hasattr(net, "salient_unit")
+
+
+@pytest.mark.parametrize("length", [1, 2])
+def test_very_short_videos_train_and_infer(length):
+    net = make_net().train()
+    fill_memory(net)
+    x, mask = padded_batch([length], DIM)
+    terms, _ = net.losses(x, mask, labels_for(1), epoch=3)
+    terms["total"].sum().backward()
+    assert torch.isfinite(terms["total"]).all()
+    scores, cas, _ = net.eval().predict(x, mask)
+    assert cas.shape == (1, length, C) and torch.isfinite(cas).all()
