@@ -26,7 +26,6 @@ ANET = DATA / "activitynet13" / "ActivityNet1.3-Annotations_yhZhai"
 BSN = DATA / "activitynet13" / "bsn" / "anet_anno_action.json"
 ACMNET_ANET = DATA / "activitynet13" / "acmnet"
 
-pytestmark = pytest.mark.skipif(not THUMOS.is_dir(), reason="../shared/data is not available")
 
 # ---- facts from STATS.md ------------------------------------------------------------------------
 THUMOS_CLASSES = [

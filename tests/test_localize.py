@@ -28,7 +28,7 @@ from issf.localize import (
 SHARED = Path(os.environ.get("ISSF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 WTALC = SHARED / "fixtures" / "wtalc"
 ACTLOC_CASES = sorted(p.name for p in WTALC.glob("actloc_*.json*")) if WTALC.is_dir() else []
-needs_fixtures = pytest.mark.skipif(not WTALC.is_dir(), reason=f"fixtures not found under {WTALC}")
+needs_fixtures = pytest.mark.usefixtures("shared_dir")
 
 
 def _load(name: str) -> dict:

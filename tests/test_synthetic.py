@@ -216,7 +216,6 @@ def test_soft_boundaries(tmp_path: Path) -> None:
 # annotation layouts, caching, config
 
 
-@pytest.mark.skipif(not ANNOTATIONS.exists(), reason="W-TALC annotation folder not available")
 def test_layout_from_annotation_folder(tmp_path: Path) -> None:
     cfg = SyntheticConfig(from_annotations=str(ANNOTATIONS), max_videos=30, feature_dim=4)
     f = FeatureFile(generate(cfg, tmp_path / "ann.h5"))
@@ -268,12 +267,8 @@ def test_config_accepts_its_own_dict_and_the_yaml_block() -> None:
     assert SyntheticConfig(**asdict(cfg)) == cfg
     with pytest.raises(TypeError):
         SyntheticConfig(no_such_knob=1)
-    if not CONF.exists():
-        pytest.skip("conf/data/synthetic.yaml not written yet")
     from omegaconf import OmegaConf
 
-    block = OmegaConf.to_container(OmegaConf.load(CONF)).get("synthetic")
-    if block is None:
-        pytest.skip("conf/data/synthetic.yaml has no synthetic: block yet")
+    block = OmegaConf.to_container(OmegaConf.load(CONF))["synthetic"]
     assert set(block) == {f.name for f in fields(SyntheticConfig)}
     assert SyntheticConfig(**block).to_json() == block

@@ -1,0 +1,137 @@
+"""Benchmark: localization (CAS -> proposals -> NMS) of 213 THUMOS-scale test videos on one thread.
+
+Synthetic but realistic inputs: T per video drawn with mean ~340 snippets, 20 classes, each CAS
+column a smooth log-normal baseline crossing the low thresholds plus plateau bumps for the classes
+present in the video; about 2 classes per video have a video score above the class threshold.
+When the shared W-TALC fixtures are present, the inputs of ``actloc_05_thumos_random`` (real
+THUMOS'14 test split, 212 videos) are timed as a second case. Appends one
+``{date, machine, command, case, seconds, ...}`` record per case to ``bench/results.json``.
+
+    python bench/bench_localize.py [--videos 213] [--repeats 3] [--no-record]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import fcntl  # noqa: E402
+import gzip  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from issf.localize import LocalizationConfig, localize  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+_SHARED = Path(os.environ.get("ISSF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+FIXTURE = _SHARED / "fixtures" / "wtalc" / "actloc_05_thumos_random.json.gz"  # optional second case
+
+
+def synthetic_inputs(
+    n_videos: int = 213, n_classes: int = 20, mean_len: int = 340, seed: int = 0
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """CAS ``[T_i, C]`` float32 per video and video scores ``[V, C]`` float32."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.gamma(2.0, mean_len / 2.0, n_videos), 20, 3000).astype(int)
+    cas_list, scores = [], np.zeros((n_videos, n_classes), np.float32)
+    kernel = np.hanning(15) / np.hanning(15).sum()
+    for v, t in enumerate(lengths):
+        noise = rng.normal(0.0, 1.0, (t + len(kernel) - 1, n_classes))
+        smooth = np.stack([np.convolve(noise[:, c], kernel, "valid") for c in range(n_classes)], axis=1)
+        smooth /= smooth.std()
+        cas = 0.008 * np.exp(0.9 * smooth)  # log-normal baseline crossing the low thresholds
+        present = rng.choice(n_classes, size=rng.integers(1, 3), replace=False)
+        for c in present:
+            for _ in range(rng.integers(1, 8)):
+                length = int(rng.integers(3, max(4, t // 6)))
+                s = int(rng.integers(0, max(1, t - length)))
+                cas[s : s + length, c] += rng.uniform(0.02, 0.4) * (
+                    1 + 0.2 * rng.normal(size=len(cas[s : s + length]))
+                )
+        scores[v] = rng.uniform(0.0, 0.09, n_classes)
+        scores[v, present] = rng.uniform(0.2, 0.95, len(present))
+        if rng.random() < 0.5:  # a distractor class above the class threshold
+            scores[v, rng.integers(n_classes)] = rng.uniform(0.105, 0.5)
+        cas_list.append(np.clip(cas, 0.0, 0.95).astype(np.float32))
+    return cas_list, scores
+
+
+def record(entry: dict, path: Path = RESULTS) -> None:
+    """Append ``entry`` to the shared JSON list at ``path`` (locked read-modify-write, atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = json.loads(path.read_text()) if path.exists() and path.stat().st_size else []
+        entries.append(entry)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(entries, indent=1) + "\n")
+        os.replace(tmp, path)
+
+
+def fixture_inputs(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
+    """Inputs of a W-TALC ``actloc`` fixture (decoded as its README describes)."""
+    with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as f:
+        case = json.load(f)
+    scores = np.asarray(case["input"]["vid_pred"]["values"], dtype=np.float64).astype(np.float32)
+    fb = case["input"]["frm_pred"]
+    cas_list = []
+    for v in fb["videos"]:
+        cas = np.full((v["T"], fb["num_columns"]), fb["fill"], dtype=np.float32)
+        for c, vals in v["columns"].items():
+            if fb["encoding"] == "int_scaled":
+                cas[:, int(c)] = np.asarray(vals, np.float32) * np.float32(fb["scale"])
+            else:
+                cas[:, int(c)] = np.asarray(vals, np.float64).astype(np.float32)
+        cas_list.append(cas)
+    return cas_list, scores
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=213)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-record", action="store_true", help="do not append to bench/results.json")
+    args = parser.parse_args(argv)
+
+    cases = {"synthetic": synthetic_inputs(args.videos)}
+    if FIXTURE.is_file():
+        cases[f"inputs of {FIXTURE.name}"] = fixture_inputs(FIXTURE)
+    cfg = LocalizationConfig()
+    entries = []
+    for name, (cas_list, scores) in cases.items():
+        times, det = [], None
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            det = localize(cas_list, scores, cfg)
+            times.append(time.perf_counter() - t0)
+        entry = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
+            f"python {platform.python_version()}, numpy {np.__version__}",
+            "command": " ".join(["python", *sys.argv]) if argv is None else f"bench_localize.main({argv!r})",
+            "case": f"localize (official defaults, 1 thread), {name}: {len(cas_list)} videos, mean T "
+            f"{np.mean([len(c) for c in cas_list]):.0f}, {scores.shape[1]} columns",
+            "seconds": min(times),
+            "all_seconds": times,
+            "detections": len(det),
+            "classes_above_threshold_per_video": float((scores >= cfg.class_threshold).sum(1).mean()),
+        }
+        print(json.dumps(entry, indent=1))
+        if not args.no_record:
+            record(entry)
+        entries.append(entry)
+    return entries
+
+
+if __name__ == "__main__":
+    main()
