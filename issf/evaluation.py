@@ -1,0 +1,119 @@
+"""Model outputs -> detections -> mAP, for one evaluation split (used by the LightningModule and
+by ``task=eval``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from issf.data.annotations import GroundTruth
+from issf.localize import Detections, LocalizationConfig, localize
+from issf.metrics import TemporalDetectionMAP
+
+THUMOS_AVERAGES = {"AVG(0.1:0.5)": (0.1, 0.5), "AVG(0.3:0.7)": (0.3, 0.7), "AVG(0.1:0.7)": (0.1, 0.7)}
+
+
+@dataclass
+class EvaluationConfig:
+    """How detections are produced and scored (lives with the dataset config)."""
+
+    tiou_thresholds: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    protocol: str = "anet"  # "anet" (official ActivityNet, seconds) | "wtalc" (official ISSF, snippets)
+    filter_ambiguous: bool = True
+    compat_locmap_return0: bool = False
+    average_ranges: dict[str, Any] = field(default_factory=lambda: dict(THUMOS_AVERAGES))
+    localization: dict[str, Any] = field(default_factory=dict)
+
+    def localization_config(self) -> LocalizationConfig:
+        return LocalizationConfig(**self.localization)
+
+    def build_metric(self, ground_truth: GroundTruth, snippet_seconds: float) -> TemporalDetectionMAP:
+        return TemporalDetectionMAP(
+            ground_truth,
+            tiou_thresholds=list(self.tiou_thresholds),
+            protocol=self.protocol,
+            snippet_seconds=snippet_seconds,
+            filter_ambiguous=self.filter_ambiguous,
+            compat_locmap_return0=self.compat_locmap_return0,
+            average_ranges={k: tuple(v) for k, v in self.average_ranges.items()},
+        )
+
+
+class VideoEvaluator(nn.Module):
+    """Localizes each evaluated video and feeds the detections (seconds) to the mAP metric.
+
+    Detections are also kept (per process) so they can be written out after the epoch.
+    """
+
+    def __init__(self, ground_truth: GroundTruth, cfg: EvaluationConfig, snippet_seconds: float):
+        super().__init__()
+        self.ground_truth = ground_truth
+        self.cfg = cfg
+        self.loc_cfg = cfg.localization_config()
+        self.snippet_seconds = snippet_seconds
+        self.metric = cfg.build_metric(ground_truth, snippet_seconds)
+        # trivial baseline on the same video scores: the top class over the whole video
+        self.baseline = cfg.build_metric(ground_truth, snippet_seconds)
+        self._parts: list[Detections] = []
+
+    def update(self, index: torch.Tensor, video_scores: torch.Tensor, cas: torch.Tensor, lengths: torch.Tensor) -> None:
+        dets = localize(
+            cas.float().cpu().numpy(), video_scores.float().cpu().numpy(), self.loc_cfg,
+            lengths=lengths.cpu().numpy(), videos=index.cpu().numpy(),
+        )
+        # the official W-TALC protocol scores unclipped snippet ranges; seconds are clipped otherwise
+        durations = None if self.cfg.protocol == "wtalc" else self.ground_truth.durations
+        dets = dets.to_seconds(self.snippet_seconds, durations)
+        if durations is not None:  # a detection entirely past the annotated duration clips to nothing
+            dets = dets.select(dets.end > dets.start)
+        videos = index.cpu().numpy()
+        self.add(dets, videos)
+        top = video_scores.float().cpu().numpy().argmax(1)
+        whole = Detections(
+            videos, np.zeros(len(videos)), self.ground_truth.durations[videos], top,
+            video_scores.float().cpu().numpy()[np.arange(len(videos)), top], units="seconds",
+        )
+        _update(self.baseline, whole, videos)
+
+    def add(self, dets: Detections, videos: np.ndarray | None = None) -> None:
+        """Score already-made detections (seconds); ``videos`` lists every video they cover."""
+        self._parts.append(dets)
+        _update(self.metric, dets, videos)
+
+    def baseline_summary(self) -> dict[str, float]:
+        """mAP of the whole-video, top-class baseline on the videos seen so far."""
+        return self.baseline.summarize(self.baseline.compute())
+
+    def detections(self) -> Detections:
+        return Detections.concatenate(self._parts, units="seconds")
+
+    def compute(self) -> dict[str, Any]:
+        result = self.metric.compute()
+        summary = self.metric.summarize(result)
+        ap = result["ap"].cpu().numpy()
+        per_class = {
+            name: float(np.mean(ap[c]) * 100.0) for c, name in enumerate(self.ground_truth.class_names)
+            if not np.isnan(ap[c]).all()
+        }
+        return {"summary": summary, "per_class": per_class, "detections": self.detections()}
+
+    def reset(self) -> None:
+        self.metric.reset()
+        self.baseline.reset()
+        self._parts = []
+
+
+def _update(metric: TemporalDetectionMAP, dets: Detections, videos: np.ndarray | None) -> None:
+    device = metric.device
+    metric.update(
+        torch.as_tensor(dets.video, device=device),
+        torch.as_tensor(dets.start, device=device),
+        torch.as_tensor(dets.end, device=device),
+        torch.as_tensor(dets.label, device=device),
+        torch.as_tensor(dets.score, device=device),
+        videos=None if videos is None else torch.as_tensor(videos, device=device),
+    )

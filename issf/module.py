@@ -1,0 +1,162 @@
+"""LightningModule wrapping the ISSF network: training schedule, memory, evaluation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torchmetrics.classification import MultilabelAveragePrecision
+
+from issf.evaluation import EvaluationConfig, VideoEvaluator
+from issf.localize import Detections
+from issf.model.config import ISSFConfig
+from issf.model.network import ISSF
+
+
+class ISSFModule(pl.LightningModule):
+    """ISSF training and evaluation.
+
+    The batch loss is the SUM of per-video losses, so one Adam step on B videos equals the official
+    accumulation of B single-video steps (coupled L2 weight decay, ISSF_SPEC.md B14).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        input_dim: int,
+        network: dict[str, Any] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        evaluation: dict[str, Any] | None = None,
+        class_names: list[str] | None = None,
+        snippet_seconds: float = 16 / 25,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net_cfg = ISSFConfig(num_classes=num_classes, input_dim=input_dim, **(network or {}))
+        self.net = ISSF(self.net_cfg)
+        self.optim_cfg = {"lr": 5e-5, "betas": (0.9, 0.99), "weight_decay": 5e-4, **(optimizer or {})}
+        self.eval_cfg = EvaluationConfig(**(evaluation or {}))
+        self.class_names = class_names or [f"class_{i}" for i in range(num_classes)]
+        self.snippet_seconds = snippet_seconds
+        self.evaluators = torch.nn.ModuleDict()
+        self.cls_map = torch.nn.ModuleDict(
+            {s: MultilabelAveragePrecision(num_labels=num_classes, average="macro") for s in ("val", "test")}
+        )
+        self.last_results: dict[str, dict] = {}
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self.trainer is not None else None
+        if dm is None:
+            return
+        splits = {"fit": ["val"], "validate": ["val"], "test": ["test"]}.get(stage, [])
+        for split in splits:
+            data_split = "val" if split == "val" and len(getattr(dm, "val_indices", [])) else "test"
+            self.evaluators[split] = VideoEvaluator(dm.ground_truth(data_split), self.eval_cfg, dm.snippet_seconds)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        cfg = self.optim_cfg
+        return torch.optim.Adam(
+            self.net.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg.get("eps", 1e-8),
+            weight_decay=cfg["weight_decay"],
+        )
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        epoch = self.current_epoch
+        syncing = self.net.memory_active(epoch) and self.trainer.world_size > 1
+        snapshot = (self.net.memory.slots.clone(), self.net.memory.scores.clone()) if syncing else None
+        terms, out = self.net.losses(batch["features"], batch["mask"], batch["labels"], epoch)
+        if syncing:
+            self._replay_memory_updates(snapshot, out.memory_updates, epoch)
+        size = len(batch["features"])
+        for name, value in terms.items():
+            self.log(f"train/loss_{name}", value.mean(), on_step=False, on_epoch=True, batch_size=size)
+        return terms["total"].sum()
+
+    def _replay_memory_updates(self, snapshot: tuple, updates: list, epoch: int) -> None:
+        """Make the memory identical on every rank: restore the pre-step state and apply the
+        updates of all ranks in rank order (rank 0's videos first)."""
+        gathered: list = [None] * self.trainer.world_size
+        local = [(f.cpu(), s.cpu(), c) for f, s, c in updates]
+        torch.distributed.all_gather_object(gathered, local)
+        self.net.memory.slots.copy_(snapshot[0])
+        self.net.memory.scores.copy_(snapshot[1])
+        for rank_updates in gathered:
+            for feats, scores, classes in rank_updates:
+                self.net.memory.update(feats.to(self.device), scores.to(self.device), classes, epoch)
+
+    def on_train_epoch_end(self) -> None:
+        cfg = self.net_cfg
+        if cfg.memory and self.current_epoch == cfg.memory_init_epoch:
+            self.initialize_memory()
+
+    @torch.no_grad()
+    def initialize_memory(self) -> None:
+        """Eval-mode pass over all training videos in file order (every rank does the full pass)."""
+        was_training = self.net.training
+        self.net.eval()
+        for batch in self.trainer.datamodule.memory_init_dataloader():
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            self.net.insert_into_memory(batch["features"], batch["mask"], batch["labels"], self.current_epoch)
+        self.net.memory.initialized.fill_(True)
+        self.net.train(was_training)
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, split: str, batch: dict) -> None:
+        video_scores, cas, _ = self.net.predict(batch["features"], batch["mask"])
+        self.cls_map[split].update(video_scores.float(), batch["labels"].long())
+        self.evaluators[split].update(batch["index"], video_scores, cas, batch["lengths"])
+
+    def _eval_epoch_end(self, split: str) -> None:
+        results = self.evaluators[split].compute()
+        summary = {f"{split}/{k}": v for k, v in results["summary"].items()}
+        summary[f"{split}/cls_mAP"] = 100.0 * float(self.cls_map[split].compute())
+        self.log_dict(summary, sync_dist=False)
+        detections = results["detections"]
+        if self.trainer.world_size > 1:
+            gathered: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, detections)
+            detections = Detections.concatenate(gathered, units="seconds")
+        self.last_results[split] = {
+            "summary": {k.split("/", 1)[1]: float(v) for k, v in summary.items()},
+            "per_class": results["per_class"],
+            "baseline": self.evaluators[split].baseline_summary(),
+            "detections": detections,
+            "ground_truth": self.evaluators[split].ground_truth,
+        }
+        self.evaluators[split].reset()
+        self.cls_map[split].reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._eval_epoch_end("val")
+        else:
+            self.evaluators["val"].reset()
+            self.cls_map["val"].reset()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Older checkpoints or runs without memory simply have no memory buffers; nothing to do.
+        return None
+
+    def class_activation(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Video scores [C] and CAS [T, C] of one video (eval mode), for notebooks and plots."""
+        x = torch.as_tensor(features, dtype=torch.float32, device=self.device)[None]
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=self.device)
+        was = self.net.training
+        self.net.eval()
+        scores, cas, _ = self.net.predict(x, mask)
+        self.net.train(was)
+        return scores[0].cpu().numpy(), cas[0].cpu().numpy()

@@ -1,0 +1,119 @@
+"""Training / evaluation pipelines on already-built objects (run.py builds them from the config)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+from rich.console import Console
+from rich.table import Table
+
+from issf.detections import save_detections
+from issf.module import ISSFModule
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> Path:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def print_table(title: str, rows: dict[str, dict[str, float]]) -> None:
+    """Print mAP summaries (one row per entry) as a table on the console."""
+    if not rows:
+        return
+    columns = list(next(iter(rows.values())).keys())
+    table = Table(title=title)
+    table.add_column("")
+    for c in columns:
+        table.add_column(c, justify="right")
+    for name, values in rows.items():
+        table.add_row(name, *[f"{values.get(c, float('nan')):.2f}" for c in columns])
+    Console(width=200).print(table)
+
+
+def fit_and_test(
+    trainer: pl.Trainer, module: ISSFModule, datamodule: pl.LightningDataModule, output_dir: str | os.PathLike,
+    ckpt_path: str | None = None, test: bool = True, extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fit, test the last weights (and the best checkpoint when there is one), write metrics.json
+    and detections.json into ``output_dir``; returns the metrics dictionary."""
+    output_dir = Path(output_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics: dict[str, Any] = {"epochs": trainer.current_epoch, **(extra or {})}
+    if "val" in module.last_results:
+        metrics["val_last"] = module.last_results["val"]["summary"]
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.best_model_score is not None:
+        metrics["val_best"] = {"score": float(checkpoint.best_model_score), "path": checkpoint.best_model_path}
+    if test:
+        metrics.update(test_module(trainer, module, datamodule, output_dir))
+        best = checkpoint.best_model_path if checkpoint is not None else ""
+        if best:
+            # the official code reports the best of its test-set evaluations (B16): keep both figures
+            metrics.update(test_module(trainer, module, datamodule, output_dir, ckpt_path=best, tag="test_best_ckpt"))
+    if trainer.is_global_zero:
+        write_json(output_dir / "metrics.json", metrics)
+    return metrics
+
+
+def test_module(
+    trainer: pl.Trainer, module: ISSFModule, datamodule: pl.LightningDataModule, output_dir: Path,
+    ckpt_path: str | None = None, tag: str = "test",
+) -> dict[str, Any]:
+    """Run the test split; save detections of the tested weights; return {tag: summary}."""
+    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    result = module.last_results["test"]
+    if trainer.is_global_zero:
+        gt = result["ground_truth"]
+        name = "detections.json" if tag == "test" else f"detections_{tag}.json"
+        save_detections(output_dir / name, result["detections"], gt.video_ids, gt.class_names)
+        print_table(f"{tag}: mAP (%)", {tag: result["summary"], "whole-video baseline": result["baseline"]})
+    return {tag: result["summary"], f"{tag}_per_class_ap": result["per_class"], f"{tag}_baseline": result["baseline"]}
+
+
+def evaluate_checkpoint(
+    ckpt_path: str, trainer: pl.Trainer, datamodule: pl.LightningDataModule, output_dir: str | os.PathLike
+) -> dict[str, Any]:
+    """Test a checkpoint with the evaluation settings it was trained with; writes metrics.json."""
+    module = ISSFModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    metrics = {"checkpoint": str(ckpt_path), **test_module(trainer, module, datamodule, Path(output_dir))}
+    if trainer.is_global_zero:
+        write_json(Path(output_dir) / "metrics.json", metrics)
+    return metrics
+
+
+def evaluate_detections_file(
+    path: str, datamodule: pl.LightningDataModule, evaluation: dict[str, Any], output_dir: str | os.PathLike
+) -> dict[str, Any]:
+    """Score an external ActivityNet-format results file against the test split."""
+    from issf.detections import load_detections
+    from issf.evaluation import EvaluationConfig, VideoEvaluator
+
+    datamodule.setup()
+    gt = datamodule.ground_truth("test")
+    evaluator = VideoEvaluator(gt, EvaluationConfig(**evaluation), datamodule.snippet_seconds)
+    evaluator.add(load_detections(path, gt))
+    result = evaluator.compute()
+    print_table(f"detections: {path}", {"test": result["summary"]})
+    metrics = {"detections": str(path), "test": result["summary"], "test_per_class_ap": result["per_class"]}
+    write_json(Path(output_dir) / "metrics.json", metrics)
+    return metrics
