@@ -151,12 +151,30 @@ class ISSFModule(pl.LightningModule):
         # Older checkpoints or runs without memory simply have no memory buffers; nothing to do.
         return None
 
-    def class_activation(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Video scores [C] and CAS [T, C] of one video (eval mode), for notebooks and plots."""
-        x = torch.as_tensor(features, dtype=torch.float32, device=self.device)[None]
+    @torch.no_grad()
+    def inspect_video(self, features: np.ndarray, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Everything the plots show for one video (eval mode): video scores [C], CAS [T, C],
+        class-agnostic attention [T], temporal differences [T], salient mask [T] and, when the
+        memory is initialised, the memory branch's snippet logits [T, C+1] (pseudo-label source),
+        read with the video's ``labels`` (multi-hot; default: the top predicted class)."""
+        from issf.model.saliency import temporal_difference
+
+        x = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=self.device)[None]
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=self.device)
         was = self.net.training
         self.net.eval()
-        scores, cas, _ = self.net.predict(x, mask)
+        scores, cas, out = self.net.predict(x, mask)
+        result = {"video_scores": scores[0].cpu().numpy(), "cas": cas[0].cpu().numpy(),
+                  "attention": out.base.attention[0].cpu().numpy()}
+        if out.salient is not None:
+            hidden, _ = self.net.embedding(x)
+            result["saliency"] = temporal_difference(hidden, mask)[0].cpu().numpy()
+            result["salient"] = out.salient[0].cpu().numpy()
+        if self.net_cfg.memory and bool(self.net.memory.initialized):
+            if labels is None:
+                labels = np.eye(self.net_cfg.num_classes)[int(scores[0].argmax())]
+            y = torch.as_tensor(np.asarray(labels), dtype=torch.float32, device=self.device)[None]
+            mem = self.net.memory_branch(out, mask, y, self.current_epoch, update=False)
+            result["pseudo_labels"] = mem.logits[0].cpu().numpy()
         self.net.train(was)
-        return scores[0].cpu().numpy(), cas[0].cpu().numpy()
+        return result

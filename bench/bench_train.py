@@ -1,0 +1,115 @@
+"""Training-epoch benchmark at THUMOS scale (200 training videos, 2048-d, mean ~330 snippets).
+
+Times one training epoch of the full ISSF model (memory branch active, as in 178 of the 180
+epochs) batched (B = 10, length-bucketed) and one video at a time (B = 1, our own code), with
+the thread count stated, and records peak RSS. Reference on this machine: the official code needs
+~92 CPU-seconds per epoch with 1 thread; target <= 30.
+
+    python bench/bench_train.py [--threads 1] [--device cpu|cuda] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import record  # noqa: E402
+from issf.data.datamodule import FeatureDataModule  # noqa: E402
+from issf.data.synthetic import SyntheticConfig, ensure_dataset  # noqa: E402
+from issf.model.config import ISSFConfig  # noqa: E402
+from issf.model.network import ISSF  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "bench"
+
+
+def thumos_scale_data(quick: bool) -> Path:
+    cfg = SyntheticConfig(
+        seed=1, num_train=40 if quick else 200, num_test=1, feature_dim=2048, dtype="float16",
+        max_video_seconds=1500.0,
+    )
+    return ensure_dataset(cfg, DATA / ("train_quick.h5" if quick else "train_thumos_scale.h5"))
+
+
+def run_epoch(net: ISSF, opt: torch.optim.Optimizer, loader, device: torch.device, epoch: int) -> tuple[float, int]:
+    snippets = 0
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for batch in loader:
+        x, mask, y = (batch[k].to(device, non_blocking=True) for k in ("features", "mask", "labels"))
+        terms, _ = net.losses(x, mask, y, epoch)
+        opt.zero_grad(set_to_none=True)
+        terms["total"].sum().backward()
+        opt.step()
+        snippets += int(batch["lengths"].sum())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, snippets
+
+
+def bench_mode(path: Path, batch_size: int, device: torch.device, epochs: int, amp: bool = False) -> dict:
+    torch.manual_seed(0)
+    dm = FeatureDataModule(str(path), batch_size=batch_size, eval_batch_size=16, bucket=batch_size > 1)
+    dm.setup()
+    net = ISSF(ISSFConfig(num_classes=dm.file.num_classes, input_dim=dm.feature_dim)).to(device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=5e-5, betas=(0.9, 0.99), weight_decay=5e-4)
+    net.eval()
+    with torch.no_grad():  # memory initialisation pass, so that the timed epochs use the memory branch
+        for batch in dm.memory_init_dataloader():
+            net.insert_into_memory(batch["features"].to(device), batch["mask"].to(device),
+                                   batch["labels"].to(device), epoch=1)
+    net.memory.initialized.fill_(True)
+    net.train()
+    loader = dm.train_dataloader()
+    times = []
+    for e in range(epochs):
+        loader.batch_sampler.set_epoch(e)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            seconds, snippets = run_epoch(net, opt, loader, device, epoch=2 + e)
+        times.append(seconds)
+    best = min(times)
+    return {"seconds_per_epoch": best, "all_epochs": times, "snippets_per_second": snippets / best,
+            "videos": len(dm.train_indices), "mean_snippets": float(np.mean(dm.file.lengths[dm.train_indices]))}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per mode (best is reported)")
+    parser.add_argument("--modes", default="batched,single")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
+    parser.add_argument("--quick", action="store_true", help="40 videos instead of 200")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    path = thumos_scale_data(args.quick)
+    entries = []
+    for mode in args.modes.split(","):
+        batch = 10 if mode == "batched" else 1
+        result = bench_mode(path, batch, device, args.epochs, args.amp)
+        entry = {
+            "benchmark": "train_epoch", "case": f"thumos_scale_{mode}_B{batch}" + ("_quick" if args.quick else ""),
+            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+            "threads": args.threads, "amp_bf16": args.amp, **result,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        if device.type == "cuda":
+            entry["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        print(f"{entry['case']}: {result['seconds_per_epoch']:.2f} s/epoch, "
+              f"{result['snippets_per_second']:.0f} snippets/s ({args.threads} threads, {entry['device']})")
+        record(entry)
+        entries.append(entry)
+    return entries
+
+
+if __name__ == "__main__":
+    main()

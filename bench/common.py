@@ -1,0 +1,42 @@
+"""Shared helpers of the benchmark scripts: machine description and the results file."""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    return f"{platform.node()} | {cpu_model()} | {os.cpu_count()} cpus | {platform.system()} {platform.release()}"
+
+
+def record(entry: dict, path: Path = RESULTS) -> None:
+    """Append ``entry`` (plus date, machine and command) to the JSON list at ``path``
+    (locked read-modify-write, atomic rename)."""
+    entry = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) or "python", **entry}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.exists() else []
+        data.append(entry)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
