@@ -15,7 +15,7 @@ W-TALC ``duration.npy``), 2048-d float32, about 1.1 GB. Cases:
 a fresh child process, so its RSS is that of the measured work alone. The page cache is warm (the
 files were just written; caches are not dropped on a shared machine). Files go to
 ``data/bench/bench_data/`` (git-ignored) and are deleted at the end unless ``--keep``.
-Appends ``{date, machine, command, case, value, unit}`` records to ``bench/results.json``.
+Appends ``{date, machine, command, benchmark, case, value, unit}`` records to ``bench/results.json``.
 
     python bench/bench_data.py [--quick] [--scales 1 4] [--keep] [--no-record]
 """
@@ -28,10 +28,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
-import fcntl  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -44,9 +41,9 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.common import record  # noqa: E402
 from issf.data.h5 import FeatureFile, VideoEntry, write_feature_file  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results.json"
 SHARED = Path(os.environ.get("ISSF_SHARED", ROOT.parent / "shared"))
 THUMOS = SHARED / "data" / "thumos14" / "Thumos14reduced-Annotations"
 ACMNET_GT = SHARED / "data" / "thumos14" / "acmnet" / "gt.json"
@@ -163,18 +160,6 @@ def write_scaled(base: Path, out: Path, scale: int) -> Path:
 # ----------------------------------------------------------------------------------------------
 
 
-def record(entry: dict, path: Path = RESULTS) -> None:
-    """Append ``entry`` to the shared JSON list at ``path`` (locked read-modify-write, atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        entries = json.loads(path.read_text()) if path.exists() and path.stat().st_size else []
-        entries.append(entry)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(entries, indent=1) + "\n")
-        os.replace(tmp, path)
-
-
 def run(args: argparse.Namespace) -> list[dict]:
     dim = 64 if args.quick else 2048
     names, lengths = thumos_lengths()
@@ -187,17 +172,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     if free < need * 1.2:
         raise SystemExit(f"needs about {need / 2**30:.1f} GiB in {WORK}, {free / 2**30:.1f} GiB free")
 
-    import torch
-
-    machine = (f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}, "
-               f"numpy {np.__version__}, torch {torch.__version__}")
-    command = " ".join(["python", *sys.argv])
     size = f"{len(names)} videos, {total} snippets, D={dim}, float32, {total * dim * 4 / 1e9:.2f} GB"
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     entries: list[dict] = []
 
     def add(case: str, value: float, unit: str) -> None:
-        entry = {"date": date, "machine": machine, "command": command, "case": case, "value": value, "unit": unit}
+        entry = {"benchmark": "data", "case": case, "value": value, "unit": unit}
         print(f"{value:14.1f} {unit:12s} {case}", flush=True)
         entries.append(entry)
 
@@ -250,7 +229,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     return entries
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64-d features (~35 MB) instead of 2048-d (~1.1 GB)")
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4],
@@ -263,8 +242,8 @@ def main(argv: list[str] | None = None) -> None:
         task, kwargs = args.child[0], json.loads(args.child[1])
         fn = {"read": _child_read, "loader": _child_loader, "convert": _child_convert}[task]
         print(json.dumps(fn(**kwargs)))
-        return
-    run(args)
+        return []
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ Synthetic but realistic inputs: T per video drawn with mean ~340 snippets, 20 cl
 column a smooth log-normal baseline crossing the low thresholds plus plateau bumps for the classes
 present in the video; about 2 classes per video have a video score above the class threshold.
 When the shared W-TALC fixtures are present, the inputs of ``actloc_05_thumos_random`` (real
-THUMOS'14 test split, 212 videos) are timed as a second case. Appends one
-``{date, machine, command, case, seconds, ...}`` record per case to ``bench/results.json``.
+THUMOS'14 test split, 212 videos) are timed as a second case. ``--quick``: 20 synthetic videos,
+one repeat, no fixture case. Appends one ``{date, machine, command, benchmark, case, seconds, ...}``
+record per case to ``bench/results.json``.
 
-    python bench/bench_localize.py [--videos 213] [--repeats 3] [--no-record]
+    python bench/bench_localize.py [--videos 213] [--repeats 3] [--quick] [--no-record]
 """
 
 from __future__ import annotations
@@ -18,11 +19,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
-import fcntl  # noqa: E402
 import gzip  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -30,9 +28,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import record  # noqa: E402
 from issf.localize import LocalizationConfig, localize  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results.json"
 _SHARED = Path(os.environ.get("ISSF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 FIXTURE = _SHARED / "fixtures" / "wtalc" / "actloc_05_thumos_random.json.gz"  # optional second case
 
@@ -66,18 +64,6 @@ def synthetic_inputs(
     return cas_list, scores
 
 
-def record(entry: dict, path: Path = RESULTS) -> None:
-    """Append ``entry`` to the shared JSON list at ``path`` (locked read-modify-write, atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        entries = json.loads(path.read_text()) if path.exists() and path.stat().st_size else []
-        entries.append(entry)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(entries, indent=1) + "\n")
-        os.replace(tmp, path)
-
-
 def fixture_inputs(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
     """Inputs of a W-TALC ``actloc`` fixture (decoded as its README describes)."""
     with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as f:
@@ -100,11 +86,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=213)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="20 synthetic videos, one repeat, no fixture case")
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/results.json")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.videos, args.repeats = 20, 1
 
     cases = {"synthetic": synthetic_inputs(args.videos)}
-    if FIXTURE.is_file():
+    if FIXTURE.is_file() and not args.quick:
         cases[f"inputs of {FIXTURE.name}"] = fixture_inputs(FIXTURE)
     cfg = LocalizationConfig()
     entries = []
@@ -115,10 +104,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             det = localize(cas_list, scores, cfg)
             times.append(time.perf_counter() - t0)
         entry = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
-            f"python {platform.python_version()}, numpy {np.__version__}",
-            "command": " ".join(["python", *sys.argv]) if argv is None else f"bench_localize.main({argv!r})",
+            "benchmark": "localize",
             "case": f"localize (official defaults, 1 thread), {name}: {len(cas_list)} videos, mean T "
             f"{np.mean([len(c) for c in cas_list]):.0f}, {scores.shape[1]} columns",
             "seconds": min(times),

@@ -8,9 +8,10 @@ Cases:
   detections, tIoU 0.5:0.95; the official evaluator takes ~580 s single-process).
 
 Only ``compute()`` is timed (``update`` runs before the clock starts), best of ``--repeats``.
-Appends ``{date, machine, command, case, seconds, ...}`` to ``bench/results.json``.
+``--quick`` shrinks the generated case to 500 videos (50,000 detections) and times one repeat.
+Appends ``{date, machine, command, benchmark, case, seconds, ...}`` to ``bench/results.json``.
 
-    python bench/bench_metric.py [--cases thumos activitynet] [--repeats 3] [--no-record]
+    python bench/bench_metric.py [--cases thumos activitynet] [--repeats 3] [--quick] [--no-record]
 """
 
 from __future__ import annotations
@@ -21,11 +22,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
-import fcntl  # noqa: E402
 import gzip  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -35,10 +33,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import record  # noqa: E402
 from issf.data.annotations import GroundTruth  # noqa: E402
 from issf.metrics import TemporalDetectionMAP  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results.json"
 SHARED = Path(os.environ.get("ISSF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 THUMOS_TIOU = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 ANET_TIOU = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
@@ -148,59 +146,32 @@ def time_compute(
     return times, value
 
 
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown cpu"
-
-
-def record(entry: dict, path: Path = RESULTS) -> None:
-    """Append ``entry`` to the shared JSON list at ``path`` (locked read-modify-write, atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        entries = json.loads(path.read_text()) if path.exists() and path.stat().st_size else []
-        entries.append(entry)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(entries, indent=1) + "\n")
-        os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--cases", nargs="+", default=["thumos", "activitynet"], choices=["thumos", "activitynet"]
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="500-video generated case, one repeat")
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/results.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    repeats = 1 if args.quick else args.repeats
 
-    machine = (
-        f"{platform.node()} {platform.machine()} {cpu_model()}, {os.cpu_count()} cpus, "
-        f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}"
-    )
-    command = " ".join(["python", *sys.argv]) if argv is None else f"bench_metric.main({argv!r})"
     entries = []
     for case in args.cases:
         if case == "thumos":
             gt, dets = thumos_fixture_case()
             thresholds, desc = THUMOS_TIOU, "fixture 20_random_thumos_scale"
+        elif args.quick:
+            gt, dets = activitynet_case(n_videos=500)
+            thresholds, desc = ANET_TIOU, "generated activitynet-like, quick (seed 0)"
         else:
             gt, dets = activitynet_case()
             thresholds, desc = ANET_TIOU, "generated activitynet-scale (seed 0)"
-        times, value = time_compute(
-            lambda gt=gt, t=thresholds: TemporalDetectionMAP(gt, t), dets, args.repeats
-        )
+        times, value = time_compute(lambda gt=gt, t=thresholds: TemporalDetectionMAP(gt, t), dets, repeats)
         entry = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine,
-            "command": command,
+            "benchmark": "metric_compute",
             "case": f"TemporalDetectionMAP.compute anet, {desc}: {gt.num_videos} videos, {gt.num_classes} classes, "
             f"{len(gt.segments)} GT, {len(dets[0])} detections, {len(thresholds)} tIoUs, 1 thread",
             "seconds": min(times),

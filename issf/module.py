@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,9 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics.classification import MultilabelAveragePrecision
 
+from issf.detections import save_detections
 from issf.evaluation import EvaluationConfig, VideoEvaluator
+from issf.io import write_json
 from issf.localize import Detections
 from issf.model.config import ISSFConfig
 from issf.model.network import ISSF
@@ -45,6 +48,9 @@ class ISSFModule(pl.LightningModule):
             {s: MultilabelAveragePrecision(num_labels=num_classes, average="macro") for s in ("val", "test")}
         )
         self.last_results: dict[str, dict] = {}
+        # where on_test_epoch_end writes <test_tag>_results.json and the detections (rank 0)
+        self.export_dir: str | None = None
+        self.test_tag = "test"
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -127,8 +133,18 @@ class ISSFModule(pl.LightningModule):
             "detections": detections,
             "ground_truth": self.evaluators[split].ground_truth,
         }
+        if split == "test" and self.export_dir and self.trainer.is_global_zero:
+            self._export(self.last_results[split])
         self.evaluators[split].reset()
         self.cls_map[split].reset()
+
+    def _export(self, result: dict) -> None:
+        out = Path(self.export_dir)
+        gt = result["ground_truth"]
+        name = "detections.json" if self.test_tag == "test" else f"detections_{self.test_tag}.json"
+        save_detections(out / name, result["detections"], gt.video_ids, gt.class_names)
+        write_json(out / f"{self.test_tag}_results.json",
+                   {k: result[k] for k in ("summary", "per_class", "baseline")})
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step("val", batch)

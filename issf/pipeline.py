@@ -7,33 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 from rich.console import Console
 from rich.table import Table
 
-from issf.detections import save_detections
+from issf.io import write_json
 from issf.module import ISSFModule
-
-
-def write_json(path: str | os.PathLike, payload: Any) -> Path:
-    """Write JSON atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default))
-    os.replace(tmp, path)
-    return path
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
 def print_table(title: str, rows: dict[str, dict[str, float]]) -> None:
@@ -59,8 +38,9 @@ def fit_and_test(
     output_dir = Path(output_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics: dict[str, Any] = {"epochs": trainer.current_epoch, **(extra or {})}
-    if "val" in module.last_results:
-        metrics["val_last"] = module.last_results["val"]["summary"]
+    last_val = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if last_val:
+        metrics["val_last"] = last_val
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics["val_best"] = {"score": float(checkpoint.best_model_score), "path": checkpoint.best_model_path}
@@ -79,13 +59,12 @@ def test_module(
     trainer: pl.Trainer, module: ISSFModule, datamodule: pl.LightningDataModule, output_dir: Path,
     ckpt_path: str | None = None, tag: str = "test",
 ) -> dict[str, Any]:
-    """Run the test split; save detections of the tested weights; return {tag: summary}."""
+    """Run the test split; the module (rank 0) writes the detections of the tested weights and a
+    results file, read back here (this also works when the strategy forks or spawns workers)."""
+    module.export_dir, module.test_tag = str(output_dir), tag
     trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
-    result = module.last_results["test"]
+    result = json.loads((Path(output_dir) / f"{tag}_results.json").read_text())
     if trainer.is_global_zero:
-        gt = result["ground_truth"]
-        name = "detections.json" if tag == "test" else f"detections_{tag}.json"
-        save_detections(output_dir / name, result["detections"], gt.video_ids, gt.class_names)
         print_table(f"{tag}: mAP (%)", {tag: result["summary"], "whole-video baseline": result["baseline"]})
     return {tag: result["summary"], f"{tag}_per_class_ap": result["per_class"], f"{tag}_baseline": result["baseline"]}
 

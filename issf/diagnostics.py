@@ -1,0 +1,244 @@
+"""Run diagnostics: timeline plots of a few fixed videos during training, summary charts after
+testing, and the same figures, detections and mAP summary on W&B when a ``WandbLogger`` is used.
+
+PNGs go to ``<trainer.default_root_dir>/<out_subdir>/<tag>_epoch<NNN>_<name>.png`` where ``tag``
+is ``val``, ``test`` or ``test_ckpt`` (a test of weights loaded from a checkpoint). Only the
+global-zero process plots and logs. A failing figure is reported as a warning and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+from matplotlib.figure import Figure
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+from issf.data.annotations import GroundTruth
+from issf.errors import error_breakdown
+from issf.localize import Detections
+from issf.viz import (
+    plot_error_breakdown,
+    plot_map_curves,
+    plot_per_class_ap,
+    plot_video_timeline,
+    save_figure,
+)
+
+log = logging.getLogger(__name__)
+
+DETECTION_COLUMNS = ["video_id", "label", "start", "end", "score"]
+
+
+def choose_videos(gt: GroundTruth, num_videos: int, video_ids: Sequence[str] | None = None) -> list[int]:
+    """Indices into ``gt`` of the videos to plot: ``video_ids`` that ``gt`` holds (in the given
+    order), else the first ``num_videos`` videos with ground-truth segments (file order)."""
+    if video_ids:
+        index = gt.video_index()
+        missing = [v for v in video_ids if v not in index]
+        if missing:
+            log.warning("DiagnosticPlots: videos not in this split: %s", missing)
+        return [index[v] for v in video_ids if v in index]
+    with_gt = np.unique(gt.segment_video)
+    return [int(v) for v in with_gt[:num_videos]]
+
+
+def safe_name(text: str) -> str:
+    """``text`` reduced to characters safe in a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "video"
+
+
+def detection_rows(detections: Detections, gt: GroundTruth, max_rows: int | None = None) -> list[list[Any]]:
+    """Detections (seconds) as ``[video_id, class name, start, end, score]`` rows, best score
+    first, at most ``max_rows``."""
+    order = np.argsort(-detections.score, kind="stable")[:max_rows]
+    return [
+        [gt.video_ids[detections.video[i]], gt.class_names[detections.label[i]],
+         float(detections.start[i]), float(detections.end[i]), float(detections.score[i])]
+        for i in order
+    ]
+
+
+def summary_rows(rows: dict[str, dict[str, float]]) -> tuple[list[str], list[list[Any]]]:
+    """Columns ``["row", *metrics]`` and one row per entry of ``rows`` (missing or NaN -> None)."""
+    metrics: list[str] = []
+    for values in rows.values():
+        metrics += [k for k in values if k not in metrics]
+
+    def cell(v: float | None) -> float | None:
+        return None if v is None or math.isnan(float(v)) else float(v)
+
+    return ["row", *metrics], [[name, *(cell(values.get(m)) for m in metrics)] for name, values in rows.items()]
+
+
+def video_timeline(pl_module: Any, features: np.ndarray, gt: GroundTruth, v: int,
+                   detections: Detections | None) -> Figure:
+    """Timeline of video ``v`` of ``gt``: model outputs of ``pl_module.inspect_video`` on its
+    ``features`` [T, D], with ground truth and ``detections`` (seconds)."""
+    labels = gt.labels[v] if gt.labels is not None and gt.labels[v].any() else None
+    out = pl_module.inspect_video(features, labels)
+    return plot_video_timeline(
+        v, gt, detections, out["cas"], pl_module.class_names, pl_module.snippet_seconds,
+        attention=out.get("attention"), saliency=out.get("saliency"), salient=out.get("salient"),
+        pseudo_labels=out.get("pseudo_labels"),
+    )
+
+
+class DiagnosticPlots(pl.Callback):
+    """Diagnostic figures of a run (see the module docstring).
+
+    After the 1st, (1 + n)-th, (1 + 2n)-th ... validation (``n = every_n_evals``; sanity checks
+    excluded) and after every test: a timeline (GT, detections, CAS, attention, saliency, salient
+    snippets, pseudo-labels) of each fixed video. After a test also: per-class AP, the error
+    breakdown at tIoU ``error_tiou`` and, with a ``CSVLogger``, the validation mAP curves. With a
+    ``WandbLogger`` the figures are logged as images (``plots/<tag>/<video_id>``,
+    ``plots/<tag>/per_class_ap``, ``plots/<tag>/errors``, ``plots/<tag>/map_curves``) and, after a
+    test, the tables ``<tag>/detections`` (best ``max_table_rows`` rows), ``<tag>/summary`` and
+    ``<tag>/per_class_ap``.
+
+    The fixed videos are ``video_ids`` when given, else the first ``num_videos`` videos with
+    ground truth of the evaluated split.
+    """
+
+    def __init__(
+        self,
+        every_n_evals: int = 1,
+        num_videos: int = 3,
+        video_ids: Sequence[str] | None = None,
+        out_subdir: str = "plots",
+        error_tiou: float = 0.5,
+        max_table_rows: int = 10_000,
+        dpi: int = 100,
+    ):
+        if every_n_evals < 1:
+            raise ValueError(f"DiagnosticPlots: every_n_evals must be >= 1, got {every_n_evals}")
+        self.every_n_evals = int(every_n_evals)
+        self.num_videos = int(num_videos)
+        self.video_ids = list(video_ids) if video_ids else None
+        self.out_subdir = out_subdir
+        self.error_tiou = float(error_tiou)
+        self.max_table_rows = int(max_table_rows)
+        self.dpi = int(dpi)
+        self.num_evals = 0
+
+    # ------------------------------------------------------------------ hooks
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        due = self.num_evals % self.every_n_evals == 0
+        self.num_evals += 1
+        if due:
+            self._guarded("validation plots", self.plot_evaluation, trainer, pl_module, "val", "val")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        tag = "test" if trainer.ckpt_path is None else "test_ckpt"
+        self._guarded("test plots", self.plot_evaluation, trainer, pl_module, "test", tag)
+        self._guarded("test tables", self.log_tables, trainer, pl_module, "test", tag)
+
+    # ------------------------------------------------------------------ work
+    def out_dir(self, trainer: pl.Trainer) -> Path:
+        """Folder of the PNGs."""
+        return Path(trainer.default_root_dir) / self.out_subdir
+
+    def plot_evaluation(self, trainer: pl.Trainer, pl_module: Any, split: str, tag: str) -> list[Path]:
+        """Figures of the last ``split`` evaluation of ``pl_module``; returns the PNGs written."""
+        results = getattr(pl_module, "last_results", {}).get(split)
+        if results is None:
+            log.info("DiagnosticPlots: no %s results to plot", split)
+            return []
+        gt, dets = results["ground_truth"], results["detections"]
+        prefix = f"{tag}_epoch{trainer.current_epoch:03d}"
+        figures: dict[str, Callable[[], Figure]] = {}
+        file = getattr(getattr(trainer, "datamodule", None), "file", None)
+        if file is None:
+            log.warning("DiagnosticPlots: the datamodule has no feature file; video timelines skipped")
+        else:
+            index = {vid: i for i, vid in enumerate(file.video_ids)}
+            for v in choose_videos(gt, self.num_videos, self.video_ids):
+                vid = gt.video_ids[v]
+                figures[vid] = lambda v=v, vid=vid: video_timeline(
+                    pl_module, file.features(index[vid]), gt, v, dets)
+        if split == "test":
+            figures["per_class_ap"] = lambda: plot_per_class_ap(
+                results["per_class"], title=f"{tag}: per-class AP (%), epoch {trainer.current_epoch}")
+            figures["errors"] = lambda: self._errors_figure(pl_module, dets, gt)
+            csv_path = self._metrics_csv(trainer)
+            if csv_path is not None:
+                figures["map_curves"] = lambda: plot_map_curves(csv_path, prefix="val/")
+
+        images: dict[str, Path] = {}
+        for name, make in figures.items():
+            path = self._guarded(f"figure {tag}/{name}", self._save, make,
+                                 self.out_dir(trainer) / f"{prefix}_{safe_name(name)}.png")
+            if path is not None:
+                images[name] = path
+        if images and self._wandb_loggers(trainer):
+            import wandb
+
+            payload = {f"plots/{tag}/{name}": wandb.Image(str(path), caption=f"{name}, epoch {trainer.current_epoch}")
+                       for name, path in images.items()}
+            self._log_wandb(trainer, {**payload, "epoch": trainer.current_epoch})
+        return list(images.values())
+
+    def log_tables(self, trainer: pl.Trainer, pl_module: Any, split: str, tag: str) -> None:
+        """W&B tables of the last ``split`` evaluation: detections, mAP summary, per-class AP."""
+        results = getattr(pl_module, "last_results", {}).get(split)
+        if results is None or not self._wandb_loggers(trainer):
+            return
+        import wandb
+
+        gt = results["ground_truth"]
+        columns, rows = summary_rows({tag: results["summary"], "whole-video baseline": results.get("baseline", {})})
+        per_class = [[k, None if math.isnan(float(v)) else float(v)] for k, v in results["per_class"].items()]
+        self._log_wandb(trainer, {
+            f"{tag}/detections": wandb.Table(
+                columns=DETECTION_COLUMNS, data=detection_rows(results["detections"], gt, self.max_table_rows)),
+            f"{tag}/summary": wandb.Table(columns=columns, data=rows),
+            f"{tag}/per_class_ap": wandb.Table(columns=["class", "AP"], data=per_class),
+            "epoch": trainer.current_epoch,
+        })
+
+    # ------------------------------------------------------------------ helpers
+    def _save(self, make: Callable[[], Figure], path: Path) -> Path:
+        return save_figure(make(), path, dpi=self.dpi)
+
+    def _errors_figure(self, pl_module: Any, dets: Detections, gt: GroundTruth) -> Figure:
+        cfg = getattr(pl_module, "eval_cfg", None)
+        breakdown = error_breakdown(dets, gt, tiou=self.error_tiou,
+                                    filter_ambiguous=bool(getattr(cfg, "filter_ambiguous", False)))
+        return plot_error_breakdown(breakdown)
+
+    @staticmethod
+    def _metrics_csv(trainer: pl.Trainer) -> Path | None:
+        for logger in trainer.loggers:
+            if isinstance(logger, CSVLogger):
+                logger.save()
+                path = Path(logger.experiment.metrics_file_path)
+                return path if path.exists() else None
+        return None
+
+    @staticmethod
+    def _wandb_loggers(trainer: pl.Trainer) -> list[WandbLogger]:
+        return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+    def _log_wandb(self, trainer: pl.Trainer, payload: dict[str, Any]) -> None:
+        for logger in self._wandb_loggers(trainer):
+            self._guarded("W&B logging", logger.log_metrics, payload, step=trainer.global_step)
+
+    @staticmethod
+    def _guarded(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``; an exception becomes a warning and ``None``."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - diagnostics must never stop a run
+            log.warning("DiagnosticPlots: %s failed: %s: %s", what, type(err).__name__, err)
+            log.debug("DiagnosticPlots: %s traceback", what, exc_info=True)
+            return None

@@ -1,0 +1,104 @@
+"""DDP on CPU (2 forked processes) and exact resume, through the real config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+import run
+from tests.test_pipeline import compose_cfg
+
+
+class DumpMemory(pl.Callback):
+    """Saves each rank's memory buffers at the end of fitting."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        mem = pl_module.net.memory
+        torch.save({"slots": mem.slots.cpu(), "scores": mem.scores.cpu()}, f"{self.path}/memory_rank{trainer.global_rank}.pt")
+
+
+class StopAfter(pl.Callback):
+    """Simulates a crash: stop once ``epochs`` epochs are done (the last checkpoint stays)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+@pytest.mark.slow
+def test_ddp_cpu_memory_identical_on_ranks_and_metric_equals_single_process(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir(parents=True)
+    cfg = compose_cfg(tmp_path, "experiment=smoke", "trainer=ddp_cpu", "trainer.max_epochs=3",
+                      "+callbacks.dump._target_=tests.test_ddp_resume.DumpMemory", f"+callbacks.dump.path={out}")
+    run.task_train(cfg, out)
+    m0 = torch.load(out / "memory_rank0.pt", weights_only=True)
+    m1 = torch.load(out / "memory_rank1.pt", weights_only=True)
+    assert m0["scores"].abs().sum() > 0  # the memory was used
+    assert torch.equal(m0["slots"], m1["slots"]) and torch.equal(m0["scores"], m1["scores"])
+    ddp_metrics = json.loads((out / "metrics.json").read_text())["test"]
+
+    # the same weights evaluated by one process give the same numbers
+    single_out = tmp_path / "single"
+    cfg1 = compose_cfg(tmp_path, "experiment=smoke", f"paths.output_dir={single_out}")
+    cfg1.ckpt_path = str(out / "checkpoints" / "last.ckpt")
+    cfg1.task = "eval"
+    single = run.task_eval(cfg1, single_out)["test"]
+    # the DDP run's "test" figure is on its last weights, i.e. last.ckpt
+    assert single == pytest.approx(ddp_metrics, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+    full_out = tmp_path / "full"
+    run.task_train(compose_cfg(tmp_path, "experiment=smoke", f"paths.output_dir={full_out}"), full_out)
+
+    cut_out = tmp_path / "cut"
+    cut = compose_cfg(tmp_path, "experiment=smoke", f"paths.output_dir={cut_out}",
+                      "+callbacks.stop._target_=tests.test_ddp_resume.StopAfter", "+callbacks.stop.epochs=3")
+    run.task_train(cut, cut_out)
+    last = cut_out / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)  # checkpoints hold tensors and plain Python only
+    assert state["global_step"] < 6 * 6 and "RNGStateCallback" in state["callbacks"]
+
+    resumed_out = tmp_path / "resumed"
+    resumed = compose_cfg(tmp_path, "experiment=smoke", f"paths.output_dir={resumed_out}", f"ckpt_path={last}")
+    run.task_train(resumed, resumed_out)
+
+    full = json.loads((full_out / "metrics.json").read_text())
+    again = json.loads((resumed_out / "metrics.json").read_text())
+    assert again["test"] == pytest.approx(full["test"], abs=1e-9)
+    a = torch.load(full_out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(resumed_out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for key in ("net.memory.slots", "net.memory.scores", "net.embedding.linear.weight"):
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_eval_of_checkpoint_reproduces_training_test_metrics(tmp_path):
+    out = tmp_path / "train"
+    run.task_train(compose_cfg(tmp_path, "experiment=smoke", f"paths.output_dir={out}"), out)
+    logged = json.loads((out / "metrics.json").read_text())["test"]
+    eval_out = tmp_path / "eval"
+    cfg = compose_cfg(tmp_path, "experiment=smoke", "task=eval", f"paths.output_dir={eval_out}",
+                      f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
+    evaluated = run.task_eval(cfg, eval_out)["test"]
+    assert evaluated == pytest.approx(logged, abs=1e-12)
+    # and the exported detections score the same through task=eval detections=...
+    det_out = tmp_path / "dets"
+    cfg = compose_cfg(tmp_path, "experiment=smoke", "task=eval", f"paths.output_dir={det_out}",
+                      f"detections={out / 'detections.json'}")
+    from_file = run.task_eval(cfg, det_out)["test"]
+    for key, value in logged.items():
+        if key != "cls_mAP":
+            assert from_file[key] == pytest.approx(value, abs=1e-9), key
