@@ -127,6 +127,13 @@ class DiagnosticPlots(pl.Callback):
         self.dpi = int(dpi)
         self.num_evals = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """The evaluation count, so a resumed run keeps the plotting schedule."""
+        return {"num_evals": self.num_evals}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.num_evals = int(state_dict.get("num_evals", 0))
+
     # ------------------------------------------------------------------ hooks
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:

@@ -36,22 +36,30 @@ class ClassificationHead(nn.Module):
         nn.init.xavier_uniform_(self.centres)
         self.fg_centre = nn.Parameter(-self.centres.detach()[-1:].clone())
 
+    def _cosine(self, features: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """scale * cos(features, centres) without normalising the [.., D] features themselves
+        (dividing the small [.., K] product by the norms is equivalent and far cheaper)."""
+        norms = features.norm(dim=-1, keepdim=True) + 1e-9
+        return self.scale * (features @ _normalize(centres).T) / norms
+
     def snippet_logits(self, features: torch.Tensor) -> torch.Tensor:
-        return self.scale * _normalize(features.float()) @ _normalize(self.centres.float()).T
+        return self._cosine(features.float(), self.centres.float())
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> BranchOutput:
         with torch.autocast(device_type=features.device.type, enabled=False):
             z = features.float()
-            zn = _normalize(z)
-            centres = _normalize(self.centres.float())
-            logits = self.scale * zn @ centres.T  # [B, T, C+1]
+            centres = self.centres.float()
+            # one product against the class centres and the foreground centre
+            both = torch.cat([centres, self.fg_centre.float()])
+            scores = self._cosine(z, both)  # [B, T, C+2]
+            logits, fg = scores[..., :-1], scores[..., -1]
             valid = mask.to(z.dtype)
-            attention = torch.sigmoid(self.scale * zn @ _normalize(self.fg_centre.float()).T).squeeze(-1) * valid
+            attention = torch.sigmoid(fg) * valid
             class_att = torch.sigmoid(logits) * valid[..., None]
-            att_norm = attention / (attention.sum(1, keepdim=True) + 1e-5)
-            class_norm = class_att / (class_att.sum(1, keepdim=True) + 1e-5)
-            pooled_fg = torch.einsum("bt,btd->bd", att_norm, z)
-            pooled_bg = torch.einsum("btk,btd->bkd", class_norm, z)
-            video_fg = F.softmax(self.scale * _normalize(pooled_fg) @ centres.T, dim=-1)
-            video_bg = F.softmax(self.scale * (_normalize(pooled_bg) * centres[None]).sum(-1), dim=-1)
+            weights = torch.cat([class_att, attention[..., None]], dim=-1)
+            weights = weights / (weights.sum(1, keepdim=True) + 1e-5)
+            pooled = torch.einsum("btk,btd->bkd", weights, z)  # [B, C+2, D]
+            pooled_bg, pooled_fg = pooled[:, :-1], pooled[:, -1]
+            video_fg = F.softmax(self._cosine(pooled_fg, centres), dim=-1)
+            video_bg = F.softmax(self.scale * (_normalize(pooled_bg) * _normalize(centres)[None]).sum(-1), dim=-1)
         return BranchOutput(video_fg=video_fg, video_bg=video_bg, attention=attention, logits=logits)

@@ -7,10 +7,9 @@ import torch
 
 def temporal_difference(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """d_t = ||f_t - f_{t-1}||_1 with a zero vector before the first snippet; -inf at padding."""
-    previous = torch.zeros_like(features)
-    previous[:, 1:] = features[:, :-1]
-    diff = (features - previous).abs().sum(-1)
-    return diff.masked_fill(~mask, float("-inf"))
+    first = features[:, :1].abs().sum(-1)
+    rest = (features[:, 1:] - features[:, :-1]).abs().sum(-1)
+    return torch.cat([first, rest], dim=1).masked_fill(~mask, float("-inf"))
 
 
 def salient_mask(
