@@ -40,6 +40,8 @@ def build_module(cfg: DictConfig, datamodule):
 def build_trainer(cfg: DictConfig, output_dir: Path):
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    for logger in loggers:  # the whole resolved config, not only the module's arguments
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
@@ -99,10 +101,14 @@ TASKS = {"train": task_train, "eval": task_eval, "synthesize": task_synthesize, 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     if cfg.task not in TASKS:
         raise ValueError(f"unknown task={cfg.task!r}; choose one of {sorted(TASKS)}")
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    output_dir = Path(hc.runtime.output_dir)
+    if hc.mode == RunMode.MULTIRUN and cfg.get("logger") and cfg.logger.get("wandb"):
+        cfg.logger.wandb.group = cfg.logger.wandb.group or Path(hc.sweep.dir).name  # one W&B group per sweep
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
         result = TASKS[cfg.task](cfg, output_dir)

@@ -78,6 +78,7 @@ class ISSFModule(pl.LightningModule):
         if syncing:
             self._replay_memory_updates(snapshot, out.memory_updates, epoch)
         size = len(batch["features"])
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, batch_size=size)
         for name, value in terms.items():
             self.log(f"train/loss_{name}", value.mean(), on_step=False, on_epoch=True, batch_size=size)
         return terms["total"].sum()

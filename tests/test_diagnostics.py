@@ -134,6 +134,16 @@ def test_validation_plots_every_n_evals_and_not_in_sanity_check(tmp_path):
     assert module.seen == [3, 0, 3, 0]
 
 
+def test_schedule_survives_resume(tmp_path):
+    first = DiagnosticPlots(every_n_evals=2)
+    first.on_validation_end(stub_trainer(tmp_path, 0), StubModule())  # plots
+    resumed = DiagnosticPlots(every_n_evals=2)
+    resumed.load_state_dict(first.state_dict())
+    resumed.on_validation_end(stub_trainer(tmp_path, 1), StubModule())  # 2nd evaluation: no plots
+    assert not list((tmp_path / "plots").glob("val_epoch001_*"))
+    assert len(list((tmp_path / "plots").glob("val_epoch000_*"))) == 2
+
+
 def test_test_end_writes_timelines_and_summary_charts(tmp_path):
     csv = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
     for epoch in range(3):

@@ -52,3 +52,26 @@ def test_every_experiment_composes(tmp_path):
     for name in sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml")):
         cfg = compose_cfg(tmp_path, f"experiment={name}")
         assert cfg.model.network.embed_dim > 0, name
+
+
+def test_slurm_launcher_composes_with_ddp(tmp_path):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True,
+                      overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
+                                 f"paths.root_dir={tmp_path}"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4 and launcher.nodes == 2
+    assert cfg.trainer.strategy == "ddp"
+
+
+def test_help_and_cfg_job_work():
+    import subprocess
+    import sys
+
+    root = Path(run.__file__).resolve().parent
+    for args in (["--help"], ["--cfg", "job", "experiment=thumos_full"]):
+        out = subprocess.run([sys.executable, "run.py", *args], cwd=root, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+    assert "thumos14.h5" in out.stdout and "protocol: wtalc" in out.stdout
