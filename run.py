@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -55,8 +56,52 @@ def task_train(cfg: DictConfig, output_dir: Path) -> dict:
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg, output_dir)
-    return fit_and_test(trainer, module, datamodule, output_dir, ckpt_path=cfg.get("ckpt_path"),
-                        test=cfg.test_after_fit)
+    try:
+        return fit_and_test(trainer, module, datamodule, output_dir, ckpt_path=cfg.get("ckpt_path"),
+                            test=cfg.test_after_fit)
+    finally:
+        _teardown_ddp_children(trainer)
+
+
+# --------------------------------------------------------------------------------------------
+# `strategy=ddp` under Hydra: Lightning starts each extra rank by re-running the command line. In a
+# multirun that command line is the whole sweep, so every child would start the sweep again
+# (FRAMEWORK_NOTES pitfall 5). Children instead get this job's own overrides in RUN mode and
+# write into this job's directory; after the job the launching process reaps them and resets the
+# distributed state so the next job of the sweep can start its own.
+
+def _ddp_child_command(local_rank: int) -> tuple[list[str], str]:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_original_cwd
+
+    hc = HydraConfig.get()
+    command = [sys.executable, os.path.abspath(sys.argv[0]), *hc.overrides.task,
+               "hydra.mode=RUN", f'hydra.run.dir="{hc.runtime.output_dir}"',
+               f"hydra.job.name=train_ddp_process_{local_rank}", "hydra.output_subdir=null",
+               f"hydra.job.chdir={bool(hc.job.chdir)}"]
+    return command, get_original_cwd()
+
+
+def _patch_ddp_launcher() -> None:
+    from lightning_fabric.strategies.launchers import subprocess_script as fabric_launcher
+    from pytorch_lightning.strategies.launchers import subprocess_script as pl_launcher
+
+    fabric_launcher._hydra_subprocess_cmd = _ddp_child_command
+    pl_launcher._hydra_subprocess_cmd = _ddp_child_command  # bound at import time there: patch both
+
+
+def _teardown_ddp_children(trainer) -> None:
+    children = getattr(getattr(trainer.strategy, "launcher", None), "procs", None)
+    if not children:  # only the process that launched the children tears down
+        return
+    import torch.distributed as dist
+
+    for proc in children:
+        proc.wait()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(key, None)
 
 
 def task_eval(cfg: DictConfig, output_dir: Path) -> dict:
@@ -91,7 +136,23 @@ def task_report(cfg: DictConfig, output_dir: Path) -> dict:
 
     if not cfg.get("dir"):
         raise ValueError("task=report needs dir=<multirun directory>")
-    return write_report(cfg.dir, output_dir)
+    report = write_report(cfg.dir)
+    if cfg.get("logger") and cfg.logger.get("wandb"):
+        log_report_to_wandb(report, cfg, Path(cfg.dir))
+    return report
+
+
+def log_report_to_wandb(report: dict, cfg: DictConfig, sweep_dir: Path) -> None:
+    """The ablation table as a W&B table in the sweep's group (offline unless configured)."""
+    import wandb
+
+    w = cfg.logger.wandb
+    run = wandb.init(project=w.project, group=sweep_dir.name, job_type="report", dir=str(sweep_dir),
+                     mode="offline" if w.offline else "online", config={"sweep_dir": str(sweep_dir)})
+    columns = ["configuration", "seeds"] + [f"{c} {s}" for c in report["columns"] for s in ("mean", "std")]
+    rows = [[r["config"], r["n"]] + [x for c in report["columns"] for x in r["stats"][c]] for r in report["rows"]]
+    run.log({"ablation": wandb.Table(columns=columns, data=rows)})
+    run.finish()
 
 
 TASKS = {"train": task_train, "eval": task_eval, "synthesize": task_synthesize, "prepare": task_prepare,
@@ -107,6 +168,7 @@ def main(cfg: DictConfig) -> float | None:
         raise ValueError(f"unknown task={cfg.task!r}; choose one of {sorted(TASKS)}")
     hc = HydraConfig.get()
     output_dir = Path(hc.runtime.output_dir)
+    _patch_ddp_launcher()
     if hc.mode == RunMode.MULTIRUN and cfg.get("logger") and cfg.logger.get("wandb"):
         cfg.logger.wandb.group = cfg.logger.wandb.group or Path(hc.sweep.dir).name  # one W&B group per sweep
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

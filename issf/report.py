@@ -35,6 +35,10 @@ def collect_runs(multirun_dir: str | os.PathLike, split: str = "test") -> list[d
         runs.append({"config": key, "seed": seed, "job": metrics_path.parent.name, "metrics": metrics[split]})
     if not runs:
         raise FileNotFoundError(f"{root}: no */metrics.json found (is this a multirun directory?)")
+    # overrides shared by every job (e.g. sweep=ablation) do not name a configuration
+    common = set.intersection(*(set(r["config"].split()) for r in runs))
+    for r in runs:
+        r["config"] = " ".join(o for o in r["config"].split() if o not in common) or "default"
     return runs
 
 

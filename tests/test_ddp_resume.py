@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -101,3 +102,26 @@ def test_eval_of_checkpoint_reproduces_training_test_metrics(tmp_path):
     for key, value in logged.items():
         if key != "cls_mAP":
             assert from_file[key] == pytest.approx(value, abs=1e-9), key
+
+
+@pytest.mark.slow
+def test_hydra_multirun_with_subprocess_ddp(tmp_path):
+    """Real `strategy=ddp` (children re-launched through the command line) inside a multirun."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(run.__file__).resolve().parent
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "ISSF_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    for key in ("LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK"):
+        env.pop(key, None)
+    cmd = [sys.executable, "run.py", "-m", "experiment=smoke", "trainer=ddp_cpu", "trainer.strategy=ddp",
+           "trainer.max_epochs=2", "callbacks.plots=null", "seed=1,2", f"hydra.sweep.dir={sweep}"]
+    out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]  # no second sweep started by a child
+    for job in jobs:
+        assert json.loads((sweep / job / "metrics.json").read_text())["test"]["mAP@0.1"] >= 0
+    assert out.stderr.count("Launching 2 jobs locally") + out.stdout.count("Launching 2 jobs locally") == 1
