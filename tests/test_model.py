@@ -225,3 +225,30 @@ def test_very_short_videos_train_and_infer(length):
     assert torch.isfinite(terms["total"]).all()
     scores, cas, _ = net.eval().predict(x, mask)
     assert cas.shape == (1, length, C) and torch.isfinite(cas).all()
+
+
+def test_memory_is_in_the_state_dict_and_survives_a_round_trip(tmp_path):
+    net = make_net()
+    fill_memory(net)
+    path = tmp_path / "net.pt"
+    torch.save(net.state_dict(), path)
+    fresh = make_net()
+    assert torch.all(fresh.memory.slots == 0) and not bool(fresh.memory.initialized)
+    fresh.load_state_dict(torch.load(path, weights_only=True))
+    assert torch.equal(fresh.memory.slots, net.memory.slots)
+    assert torch.equal(fresh.memory.scores, net.memory.scores)
+    assert bool(fresh.memory.initialized)
+
+
+def test_bf16_autocast_keeps_heads_and_losses_in_fp32():
+    net = make_net().train()
+    fill_memory(net)
+    x, mask = padded_batch([7, 20], DIM)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms, out = net.losses(x, mask, labels_for(2), epoch=3)
+    assert out.base.logits.dtype == torch.float32 and out.saliency.video_fg.dtype == torch.float32
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in terms.values())
+    reference, _ = net.eval().losses(x, mask, labels_for(2), epoch=3, update_memory=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, _ = net.losses(x, mask, labels_for(2), epoch=3, update_memory=False)
+    assert torch.allclose(mixed["total"], reference["total"], rtol=0.05, atol=0.05)
