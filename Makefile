@@ -32,8 +32,9 @@ lint: $(STAMP)  ## ruff
 bench: $(STAMP)  ## benchmarks; results are appended to bench/results.json
 	$(BIN)/python bench/run_all.py
 
-notebook: $(STAMP)  ## execute notebooks/analysis.ipynb on the latest run (outputs in logs/notebook/)
-	$(BIN)/python -m jupyter nbconvert --to notebook --execute notebooks/analysis.ipynb --output-dir logs/notebook
+notebook: $(STAMP)  ## execute notebooks/analysis.ipynb on the latest run, or ISSF_RUN_DIR=<run> (outputs in logs/notebook/)
+	@mkdir -p logs/notebook
+	$(BIN)/jupyter execute --timeout=1800 notebooks/analysis.ipynb --output=../logs/notebook/analysis
 
 clean:  ## remove caches and run outputs (keeps data/ and .venv)
 	rm -rf logs outputs multirun .pytest_cache .ruff_cache

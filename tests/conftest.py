@@ -28,3 +28,19 @@ def padded_batch(lengths: list[int], dim: int, seed: int = 0) -> tuple[torch.Ten
     x = torch.rand(len(lengths), t, dim, generator=g)
     mask = torch.arange(t)[None] < torch.tensor(lengths)[:, None]
     return x * mask[..., None], mask
+
+
+CONF_DIR = str(ROOT / "conf")
+
+
+def compose_cfg(tmp_path: Path, *overrides: str):
+    """The real project config composed with the compose API, writing into ``tmp_path``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(
+            config_name="config",
+            overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/out", *overrides],
+        )

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 import run
-from tests.test_pipeline import compose_cfg
+from tests.conftest import compose_cfg
 
 
 class DumpMemory(pl.Callback):

@@ -8,8 +8,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 import run
@@ -17,21 +15,12 @@ from issf.data.annotations import GroundTruth
 from issf.diagnostics import DETECTION_COLUMNS, DiagnosticPlots, choose_videos, detection_rows, summary_rows
 from issf.evaluation import EvaluationConfig
 from issf.localize import Detections
+from tests.conftest import compose_cfg
 
-CONF = str(Path(run.__file__).resolve().parent / "conf")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SNIP, T, C = 0.5, 40, 3
 NAMES = ["Run", "Jump", "Throw"]
 FILE_ORDER = ["v2", "other", "v0", "v1"]  # the feature file holds the videos in another order
-
-
-def compose_cfg(tmp_path: Path, *overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(
-            config_name="config",
-            overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/out", *overrides],
-        )
 
 
 def is_png(path: Path) -> bool:

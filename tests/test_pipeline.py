@@ -13,17 +13,9 @@ import run
 from issf.data.annotations import GroundTruth
 from issf.data.h5 import FeatureFile
 from issf.detections import load_detections
+from tests.conftest import compose_cfg
 
 CONF = str(Path(run.__file__).resolve().parent / "conf")
-
-
-def compose_cfg(tmp_path: Path, *overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(
-            config_name="config",
-            overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/out", *overrides],
-        )
 
 
 @pytest.mark.slow

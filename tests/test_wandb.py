@@ -10,25 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 import run
 from issf.data.h5 import FeatureFile
 from issf.detections import load_detections
 from issf.diagnostics import DETECTION_COLUMNS
+from tests.conftest import compose_cfg
 
-CONF = str(Path(run.__file__).resolve().parent / "conf")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def compose_cfg(tmp_path: Path, *overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(
-            config_name="config",
-            overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/out", *overrides],
-        )
 
 
 @pytest.fixture
