@@ -67,3 +67,9 @@ def test_help_and_cfg_job_work():
         out = subprocess.run([sys.executable, "run.py", *args], cwd=root, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
     assert "thumos14.h5" in out.stdout and "protocol: wtalc" in out.stdout
+
+
+def test_missing_real_data_names_the_prepare_command(tmp_path):
+    cfg = compose_cfg(tmp_path, "experiment=thumos_full")
+    with pytest.raises(FileNotFoundError, match=r"python run.py task=prepare data=thumos14 data.prepare.folder="):
+        run.task_train(cfg, tmp_path / "out")
