@@ -73,3 +73,16 @@ def test_missing_real_data_names_the_prepare_command(tmp_path):
     cfg = compose_cfg(tmp_path, "experiment=thumos_full")
     with pytest.raises(FileNotFoundError, match=r"python run.py task=prepare data=thumos14 data.prepare.folder="):
         run.task_train(cfg, tmp_path / "out")
+
+
+def test_prepare_task_writes_the_feature_file_once(tmp_path):
+    from tests.test_convert import write_wtalc
+
+    folder = tmp_path / "Toy-Annotations"
+    write_wtalc(folder)
+    cfg = compose_cfg(tmp_path, "task=prepare", "data=thumos14", f"data.prepare.folder={folder}")
+    run.task_prepare(cfg, tmp_path / "out")
+    f = FeatureFile(tmp_path / "data" / "thumos14.h5")
+    assert len(f) > 0 and f.checksum.startswith("sha256:")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        run.task_prepare(cfg, tmp_path / "out")
