@@ -7,11 +7,17 @@ from torch import nn
 
 
 def masked_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-    """softmax_j(q_t . k_j) v_j over the keys in ``key_mask`` (fp32); an empty key set gives zeros."""
-    logits = torch.matmul(queries.float(), keys.float().transpose(1, 2))
-    logits = logits.masked_fill(~key_mask[:, None, :], float("-inf"))
-    weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)
-    return torch.matmul(weights, values.float())
+    """softmax_j(q_t . k_j) v_j over the keys in ``key_mask``; an empty key set gives zeros.
+
+    The unscaled dot products of 2048-d features are large and make the attention nearly hard, so
+    logits and softmax are computed in fp32 even under autocast; only the weighted sum may run in
+    the autocast dtype.
+    """
+    with torch.autocast(device_type=queries.device.type, enabled=False):
+        logits = torch.matmul(queries.float(), keys.float().transpose(1, 2))
+        logits = logits.masked_fill(~key_mask[:, None, :], float("-inf"))
+        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+    return torch.matmul(weights, values)
 
 
 def gather_set(features: torch.Tensor, member: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
