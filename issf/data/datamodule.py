@@ -87,23 +87,24 @@ def _dist_info() -> tuple[int, int]:
 class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
     """Deterministic batches of similar length, sharded over DDP ranks.
 
-    Training (``shuffle``): each epoch the videos are shuffled with ``seed + epoch``, cut into pools
-    of ``pool_batches`` batches, each pool sorted by length and cut into batches, and the batches
-    shuffled; every rank gets the same number of batches (the last ones wrap around). With
-    ``bucket=False`` batches are plain random, as the official loader. Evaluation: batches of
-    length-sorted videos, distributed without duplicates (ranks may get different counts).
+    Training (``shuffle``): each epoch (seeded with ``seed`` and the epoch) the videos are sorted by
+    their log-length plus a random jitter of +-``jitter``, cut into batches and the batches
+    shuffled: batch members have similar lengths (little padding) yet change from epoch to epoch.
+    Every rank gets the same number of batches (the last ones wrap around). With ``bucket=False``
+    batches are plain random, as the official loader. Evaluation: batches of length-sorted videos,
+    distributed without duplicates (ranks may get different counts).
     """
 
     def __init__(
         self, lengths: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0, bucket: bool = True,
-        pool_batches: int = 8, sample: bool = False, drop_last: bool = False,
+        jitter: float = 0.1, sample: bool = False, drop_last: bool = False,
     ):
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.bucket = bucket
-        self.pool_batches = pool_batches
+        self.jitter = jitter
         self.sample = sample
         self.drop_last = drop_last
         self.epoch = 0
@@ -119,10 +120,8 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(n)
         if self.bucket:
-            pool = self.batch_size * self.pool_batches
-            order = np.concatenate(
-                [chunk[np.argsort(self.lengths[chunk], kind="stable")] for chunk in np.array_split(order, max(1, math.ceil(n / pool)))]
-            )
+            key = np.log(np.maximum(self.lengths[order], 1)) + rng.uniform(-self.jitter, self.jitter, n)
+            order = order[np.argsort(key, kind="stable")]
         batches = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
         if self.drop_last and len(batches) > 1 and len(batches[-1]) < self.batch_size:
             batches = batches[:-1]

@@ -47,8 +47,29 @@ class InteractionUnit(nn.Module):
             return features
         return features + torch.softmax(self.mlp(features).float(), dim=-1).to(features.dtype) * features
 
-    def forward(self, features: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
-        """Refined features [B, T, D]: every snippet attends over the members of its video's set."""
+    def forward(self, features: torch.Tensor, member: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Refined features [B, T, D]: every snippet attends over the members of its video's set.
+
+        The channel gate runs batched on the packed set members; the attention runs video by video
+        so that its quadratic cost is never spent on padding (lengths in a batch can differ a lot).
+        """
         keys, key_mask = gather_set(features, member)
         enhanced = self.enhance(keys)
-        return masked_attention(features, enhanced, enhanced, key_mask)
+        if lengths is None:
+            return masked_attention(features, enhanced, enhanced, key_mask)
+        counts = key_mask.sum(1).tolist()
+        # unbind (not indexing) so that each video's backward touches only its own rows
+        rows = []
+        for query, key, length, count in zip(features.unbind(0), enhanced.unbind(0), lengths.tolist(), counts):
+            if count == 0:  # empty set: zero output, as the official empty softmax
+                rows.append(query.new_zeros(query.shape[0], key.shape[-1]))
+                continue
+            weights = torch.softmax(_fp32_logits(query[:length], key[:count]), dim=-1)
+            refined = weights @ key[:count]  # in the autocast dtype when autocast is on
+            rows.append(torch.nn.functional.pad(refined, (0, 0, 0, query.shape[0] - length)))
+        return torch.stack(rows)
+
+
+def _fp32_logits(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(device_type=queries.device.type, enabled=False):
+        return torch.matmul(queries.float(), keys.float().T)

@@ -60,9 +60,10 @@ class ISSF(nn.Module):
         salient = salient_mask(
             source.detach(), mask, cfg.saliency_ratio, cfg.compat.wrap_last, cfg.compat.saliency_skip_first
         )
-        fused = self.salient_unit(features, salient)
+        lengths = mask.sum(1)
+        fused = self.salient_unit(features, salient, lengths)
         if cfg.non_salient_branch:
-            fused = (1.0 - cfg.lamb) * fused + cfg.lamb * self.non_salient_unit(features, mask & ~salient)
+            fused = (1.0 - cfg.lamb) * fused + cfg.lamb * self.non_salient_unit(features, mask & ~salient, lengths)
         else:
             fused = (1.0 - cfg.lamb) * fused
         out.saliency = self.head(fused, mask)
@@ -86,19 +87,22 @@ class ISSF(nn.Module):
         """Read the memory with the refined features, video by video in batch order, updating it
         after each video (the official per-video order, B13); head over the read features."""
         assert out.fused is not None and out.candidates is not None
-        read = torch.zeros_like(out.fused, dtype=torch.float32)
         lengths = mask.sum(1).tolist()
-        for b, classes in enumerate(self._memory_classes(labels)):
+        rows = []
+        # unbind (not indexing) so that each video's backward touches only its own rows
+        for b, (query, classes) in enumerate(zip(out.fused.unbind(0), self._memory_classes(labels))):
+            read = torch.zeros(query.shape, dtype=torch.float32, device=query.device)
             if classes:
                 keys = self.memory.read(classes).float()
-                query = out.fused[b, : lengths[b]].float()
-                read[b, : lengths[b]] = torch.softmax(query @ keys.T, dim=-1) @ keys
+                attended = torch.softmax(query[: lengths[b]].float() @ keys.T, dim=-1) @ keys
+                read = torch.nn.functional.pad(attended, (0, 0, 0, query.shape[0] - lengths[b]))
+            rows.append(read)
             if update:
                 sel = out.salient[b]
                 feats, scores = out.candidates[b][sel], out.candidate_scores[b][sel]
                 self.memory.update(feats, scores, classes, epoch)
                 out.memory_updates.append((feats, scores, classes))
-        return self.head(read.to(out.fused.dtype), mask)
+        return self.head(torch.stack(rows), mask)
 
     @torch.no_grad()
     def insert_into_memory(self, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, epoch: int) -> None:
