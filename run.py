@@ -35,14 +35,27 @@ def build_module(cfg: DictConfig, datamodule):
     return hydra.utils.instantiate(
         cfg.model, num_classes=len(datamodule.class_names), input_dim=datamodule.feature_dim,
         class_names=list(datamodule.class_names), snippet_seconds=datamodule.snippet_seconds,
+        run_config=_plain_config(cfg),  # saved with the hyper-parameters: loggers show the whole run config
     )
+
+
+def _plain_config(cfg: DictConfig) -> dict:
+    """The resolved run config as plain data; `_target_` keys become `target` so that Hydra does not
+    instantiate them again when the dict is handed to the module."""
+
+    def rename(node):
+        if isinstance(node, dict):
+            return {("target" if k == "_target_" else k): rename(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [rename(v) for v in node]
+        return node
+
+    return rename(OmegaConf.to_container(cfg, resolve=True))
 
 
 def build_trainer(cfg: DictConfig, output_dir: Path):
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    for logger in loggers:  # the whole resolved config, not only the module's arguments
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
@@ -91,7 +104,10 @@ def _patch_ddp_launcher() -> None:
 
 
 def _teardown_ddp_children(trainer) -> None:
-    children = getattr(getattr(trainer.strategy, "launcher", None), "procs", None)
+    import subprocess
+
+    children = [p for p in getattr(getattr(trainer.strategy, "launcher", None), "procs", None) or []
+                if isinstance(p, subprocess.Popen)]  # script launcher only (fork/spawn join their own)
     if not children:  # only the process that launched the children tears down
         return
     import torch.distributed as dist

@@ -34,6 +34,7 @@ class ISSFModule(pl.LightningModule):
         evaluation: dict[str, Any] | None = None,
         class_names: list[str] | None = None,
         snippet_seconds: float = 16 / 25,
+        run_config: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
