@@ -86,3 +86,16 @@ def test_prepare_task_writes_the_feature_file_once(tmp_path):
     assert len(f) > 0 and f.checksum.startswith("sha256:")
     with pytest.raises(FileExistsError, match="overwrite"):
         run.task_prepare(cfg, tmp_path / "out")
+
+
+def test_prepare_per_video_with_the_readme_overrides(tmp_path):
+    from tests.test_convert import write_per_video
+
+    feature_dir, annotation = write_per_video(tmp_path / "src")
+    cfg = compose_cfg(
+        tmp_path, "task=prepare", "data=thumos14", "data.prepare.format=per_video",
+        f"+data.prepare.feature_dir={feature_dir}", f"+data.prepare.annotation_file={annotation}",
+        "+data.prepare.annotation_format=activitynet", "~data.prepare.labels_from",
+    )
+    run.task_prepare(cfg, tmp_path / "out")
+    assert len(FeatureFile(tmp_path / "data" / "thumos14.h5")) > 0

@@ -676,9 +676,11 @@ def prepare_from_config(cfg: Mapping[str, Any], out_path: str | os.PathLike) -> 
     """Run the converter named by ``cfg["format"]`` (``wtalc`` | ``per_video``) with the other keys.
 
     Keys are the converter's keyword arguments (plain values, e.g. a resolved ``data.prepare``
-    config section); an unknown key is an error that lists the accepted ones.
+    config section); null values count as unset; an unknown key is an error that lists the
+    accepted ones.
     """
-    options = dict(cfg)
+    # null options count as unset (a config can keep every key of both formats with null values)
+    options = {k: v for k, v in cfg.items() if v is not None}
     fmt = options.pop("format", None)
     if fmt not in CONVERTERS:
         raise ValueError(f"prepare: format must be one of {sorted(CONVERTERS)}, got {fmt!r}")
