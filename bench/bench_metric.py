@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import record  # noqa: E402
 from issf.data.annotations import GroundTruth  # noqa: E402
 from issf.metrics import TemporalDetectionMAP  # noqa: E402
+from tests.test_metrics import map_case  # noqa: E402
 
 SHARED = Path(os.environ.get("ISSF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 THUMOS_TIOU = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
@@ -47,27 +48,7 @@ def thumos_fixture_case() -> tuple[GroundTruth, Detections]:
     """Fixture 20 of ``shared/fixtures/map`` as a GroundTruth and detection columns."""
     with gzip.open(SHARED / "fixtures" / "map" / "20_random_thumos_scale.json.gz", "rt") as f:
         fx = json.load(f)
-    names = fx["class_names"]
-    vids = [v["video_id"] for v in fx["ground_truth"]["videos"]]
-    vid_index = {v: i for i, v in enumerate(vids)}
-    cls_index = {c: i for i, c in enumerate(names)}
-    ann, pred = fx["ground_truth"]["annotations"], fx["predictions"]
-    gt = GroundTruth(
-        class_names=names,
-        video_ids=vids,
-        durations=[v["duration"] for v in fx["ground_truth"]["videos"]],
-        segments=np.c_[ann["t_start"], ann["t_end"]],
-        segment_video=[vid_index[v] for v in ann["video_id"]],
-        segment_label=[cls_index[c] for c in ann["label"]],
-    )
-    dets = (
-        np.array([vid_index[v] for v in pred["video_id"]]),
-        np.asarray(pred["t_start"], dtype=np.float64),
-        np.asarray(pred["t_end"], dtype=np.float64),
-        np.array([cls_index[c] for c in pred["label"]]),
-        np.asarray(pred["score"], dtype=np.float64),
-    )
-    return gt, dets
+    return map_case(fx)
 
 
 def activitynet_case(

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from issf.data.annotations import GroundTruth
 from issf.metrics import TemporalDetectionMAP
+from tests.test_metrics import map_case
 
 pytestmark = pytest.mark.slow
 
@@ -27,28 +28,9 @@ def case() -> tuple[GroundTruth, tuple[np.ndarray, ...]]:
     """Fixture 19 with scores rounded to 2 decimals (many ties across videos) and no detection on
     the last ``N_SILENT`` videos."""
     fx = json.loads((SHARED / "fixtures" / "map" / "19_random_small.json").read_text())
-    names = fx["class_names"]
-    videos = [v["video_id"] for v in fx["ground_truth"]["videos"]]
-    vid = {v: i for i, v in enumerate(videos)}
-    cls = {c: i for i, c in enumerate(names)}
-    ann, pred = fx["ground_truth"]["annotations"], fx["predictions"]
-    gt = GroundTruth(
-        class_names=names,
-        video_ids=videos,
-        durations=[v["duration"] for v in fx["ground_truth"]["videos"]],
-        segments=np.c_[ann["t_start"], ann["t_end"]],
-        segment_video=[vid[v] for v in ann["video_id"]],
-        segment_label=[cls[c] for c in ann["label"]],
-    )
-    video = np.array([vid[v] for v in pred["video_id"]])
-    keep = video < len(videos) - N_SILENT
-    dets = (
-        video,
-        np.asarray(pred["t_start"]),
-        np.asarray(pred["t_end"]),
-        np.array([cls[c] for c in pred["label"]]),
-        np.round(np.asarray(pred["score"]), 2),
-    )
+    gt, (video, start, end, label, score) = map_case(fx)
+    keep = video < gt.num_videos - N_SILENT
+    dets = (video, start, end, label, np.round(score, 2))
     return gt, tuple(c[keep] for c in dets)
 
 
