@@ -55,12 +55,11 @@ class ISSFModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self.trainer is not None else None
+        dm = self.trainer.datamodule
         if dm is None:
             return
-        splits = {"fit": ["val"], "validate": ["val"], "test": ["test"]}.get(stage, [])
-        for split in splits:
-            data_split = "val" if split == "val" and len(getattr(dm, "val_indices", [])) else "test"
+        splits = {"fit": {"val": dm.val_split}, "validate": {"val": dm.val_split}, "test": {"test": "test"}}
+        for split, data_split in splits.get(stage, {}).items():
             self.evaluators[split] = VideoEvaluator(dm.ground_truth(data_split), self.eval_cfg, dm.snippet_seconds)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -164,11 +163,7 @@ class ISSFModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
-    # ------------------------------------------------------------------ checkpoints
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Older checkpoints or runs without memory simply have no memory buffers; nothing to do.
-        return None
-
+    # ------------------------------------------------------------------ inspection
     @torch.no_grad()
     def inspect_video(self, features: np.ndarray, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Everything the plots show for one video (eval mode): video scores [C], CAS [T, C],

@@ -255,9 +255,15 @@ class FeatureDataModule(pl.LightningDataModule):
                    for s in range(0, len(dataset), self.eval_batch_size)]
         return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_videos, num_workers=0)
 
+    @property
+    def val_split(self) -> str:
+        """The split evaluated during fitting: the held-out validation videos if any, else the test
+        split (as the official code, which selects its best epoch on the test set)."""
+        self.setup()
+        return "val" if len(self.val_indices) else "test"
+
     def val_dataloader(self) -> DataLoader:
-        split = "val" if len(self.val_indices) else "test"
-        return self._loader(split, False, self.eval_batch_size)
+        return self._loader(self.val_split, False, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False, self.eval_batch_size)
