@@ -31,13 +31,13 @@ def print_table(title: str, rows: dict[str, dict[str, float]]) -> None:
 
 def fit_and_test(
     trainer: pl.Trainer, module: ISSFModule, datamodule: pl.LightningDataModule, output_dir: str | os.PathLike,
-    ckpt_path: str | None = None, test: bool = True, extra: dict[str, Any] | None = None,
+    ckpt_path: str | None = None, test: bool = True,
 ) -> dict[str, Any]:
     """Fit, test the last weights (and the best checkpoint when there is one), write metrics.json
     and detections.json into ``output_dir``; returns the metrics dictionary."""
     output_dir = Path(output_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    metrics: dict[str, Any] = {"epochs": trainer.current_epoch, **(extra or {})}
+    metrics: dict[str, Any] = {"epochs": trainer.current_epoch}
     last_val = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if last_val:
         metrics["val_last"] = last_val
@@ -45,17 +45,17 @@ def fit_and_test(
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics["val_best"] = {"score": float(checkpoint.best_model_score), "path": checkpoint.best_model_path}
     if test:
-        metrics.update(test_module(trainer, module, datamodule, output_dir))
+        metrics.update(run_test_split(trainer, module, datamodule, output_dir))
         best = checkpoint.best_model_path if checkpoint is not None else ""
         if best:
             # the official code reports the best of its test-set evaluations (B16): keep both figures
-            metrics.update(test_module(trainer, module, datamodule, output_dir, ckpt_path=best, tag="test_best_ckpt"))
+            metrics.update(run_test_split(trainer, module, datamodule, output_dir, ckpt_path=best, tag="test_best_ckpt"))
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", metrics)
     return metrics
 
 
-def test_module(
+def run_test_split(
     trainer: pl.Trainer, module: ISSFModule, datamodule: pl.LightningDataModule, output_dir: Path,
     ckpt_path: str | None = None, tag: str = "test",
 ) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Test a checkpoint with the evaluation settings it was trained with; writes metrics.json."""
     module = ISSFModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-    metrics = {"checkpoint": str(ckpt_path), **test_module(trainer, module, datamodule, Path(output_dir))}
+    metrics = {"checkpoint": str(ckpt_path), **run_test_split(trainer, module, datamodule, Path(output_dir))}
     if trainer.is_global_zero:
         write_json(Path(output_dir) / "metrics.json", metrics)
     return metrics
