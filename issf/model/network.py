@@ -71,7 +71,8 @@ class ISSF(nn.Module):
         if cfg.memory:
             stored = features if cfg.compat.memory_store_post_dropout else hidden
             out.candidates = stored.detach()
-            out.candidate_scores = torch.softmax(self.head.snippet_logits(out.candidates), dim=-1)
+            with torch.no_grad():  # memory scores are stored, never differentiated
+                out.candidate_scores = torch.softmax(self.head.snippet_logits(out.candidates), dim=-1)
         return out
 
     # ------------------------------------------------------------------ memory
