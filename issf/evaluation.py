@@ -60,11 +60,20 @@ class VideoEvaluator(nn.Module):
         self.baseline = cfg.build_metric(ground_truth, snippet_seconds)
         self._parts: list[Detections] = []
 
-    def update(self, index: torch.Tensor, video_scores: torch.Tensor, cas: torch.Tensor, lengths: torch.Tensor) -> None:
+    def update(
+        self, index: torch.Tensor, video_scores: torch.Tensor, cas: torch.Tensor, lengths: torch.Tensor,
+        scale: torch.Tensor | None = None,
+    ) -> None:
+        """Localize a batch; ``scale`` (snippets per CAS position) undoes uniform test sampling."""
         dets = localize(
             cas.float().cpu().numpy(), video_scores.float().cpu().numpy(), self.loc_cfg,
             lengths=lengths.cpu().numpy(), videos=index.cpu().numpy(),
         )
+        if scale is not None and len(dets):
+            videos, scales = index.cpu().numpy(), scale.cpu().numpy()
+            order = np.argsort(videos)
+            factor = scales[order][np.searchsorted(videos[order], dets.video)]
+            dets = Detections(dets.video, dets.start * factor, dets.end * factor, dets.label, dets.score)
         # the official W-TALC protocol scores unclipped snippet ranges; seconds are clipped otherwise
         durations = None if self.cfg.protocol == "wtalc" else self.ground_truth.durations
         dets = dets.to_seconds(self.snippet_seconds, durations)

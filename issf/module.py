@@ -115,7 +115,7 @@ class ISSFModule(pl.LightningModule):
     def _eval_step(self, split: str, batch: dict) -> None:
         video_scores, cas, _ = self.net.predict(batch["features"], batch["mask"])
         self.cls_map[split].update(video_scores.float(), batch["labels"].long())
-        self.evaluators[split].update(batch["index"], video_scores, cas, batch["lengths"])
+        self.evaluators[split].update(batch["index"], video_scores, cas, batch["lengths"], batch.get("scale"))
 
     def _eval_epoch_end(self, split: str) -> None:
         results = self.evaluators[split].compute()

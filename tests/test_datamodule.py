@@ -101,3 +101,13 @@ def test_validation_split_is_carved_from_train(h5):
     assert len(dm.val_indices) == 6 and not set(dm.val_indices) & set(dm.train_indices)
     assert len(dm.train_indices) == 24
     assert dm.ground_truth("val").num_videos == 6
+
+
+def test_uniform_test_sampling_reports_the_time_scale(h5):
+    path, videos = h5
+    dm = FeatureDataModule(str(path), eval_batch_size=4, test_sample_length=16)
+    for batch in dm.test_dataloader():
+        for b, idx in enumerate(batch["index"].tolist()):
+            original = len(videos[dm.test_indices[idx]].features)
+            assert int(batch["lengths"][b]) == min(original, 16)
+            assert float(batch["scale"][b]) == pytest.approx(original / min(original, 16))

@@ -99,3 +99,21 @@ def test_prepare_per_video_with_the_readme_overrides(tmp_path):
     )
     run.task_prepare(cfg, tmp_path / "out")
     assert len(FeatureFile(tmp_path / "data" / "thumos14.h5")) > 0
+
+
+def test_detections_of_uniformly_sampled_test_videos_are_in_original_seconds(tmp_path):
+    import numpy as np
+    import torch
+
+    from issf.data.annotations import GroundTruth
+    from issf.evaluation import EvaluationConfig, VideoEvaluator
+
+    gt = GroundTruth(["a"], ["v0"], [64.0], [[16.0, 32.0]], [0], [0])  # 100 snippets of 0.64 s
+    evaluator = VideoEvaluator(gt, EvaluationConfig(protocol="anet"), 0.64)
+    cas = torch.zeros(1, 10, 1)
+    cas[0, 2:5, 0] = 0.5  # sampled positions 2..4 of 10; each position stands for 10 snippets
+    evaluator.update(torch.tensor([0]), torch.tensor([[0.9]]), cas, torch.tensor([10]), torch.tensor([10.0]))
+    dets = evaluator.detections()
+    best = np.argmax(dets.score)
+    # compat +1 end: run [2, 5) -> [2, 6) positions -> snippets [20, 60) -> seconds [12.8, 38.4)
+    assert (dets.start[best], dets.end[best]) == pytest.approx((12.8, 38.4))

@@ -52,11 +52,13 @@ class VideoDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict:
         position, seed = key
         features = self.file.features(int(self.indices[position]))
+        original_length = len(features)
         if self.sample_length:
             rng = np.random.default_rng(seed) if seed >= 0 else None
             features = features[sample_indices(len(features), self.sample_length, rng)]
         return {
             "features": torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)),
+            "original_length": original_length,
             "labels": torch.from_numpy(self.file.labels[self.indices[position]].astype(np.float32)),
             "index": position,
         }
@@ -73,6 +75,8 @@ def collate_videos(items: Sequence[dict]) -> dict:
         "features": features,
         "mask": torch.arange(features.shape[1])[None] < lengths[:, None],
         "lengths": lengths,
+        # snippets per sampled position (uniform test sampling maps position i to [i, i+1) * scale)
+        "scale": torch.tensor([it["original_length"] / len(it["features"]) for it in items], dtype=torch.float64),
         "labels": torch.stack([it["labels"] for it in items]),
         "index": torch.tensor([it["index"] for it in items]),
     }
