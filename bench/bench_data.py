@@ -41,10 +41,9 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import record  # noqa: E402
+from bench.common import SHARED, record  # noqa: E402
 from issf.data.h5 import FeatureFile, VideoEntry, write_feature_file  # noqa: E402
 
-SHARED = Path(os.environ.get("ISSF_SHARED", ROOT.parent / "shared"))
 THUMOS = SHARED / "data" / "thumos14" / "Thumos14reduced-Annotations"
 ACMNET_GT = SHARED / "data" / "thumos14" / "acmnet" / "gt.json"
 WORK = ROOT / "data" / "bench" / "bench_data"

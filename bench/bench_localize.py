@@ -29,13 +29,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import record  # noqa: E402
+from bench.common import SHARED, record  # noqa: E402
 from issf.data.annotations import GroundTruth  # noqa: E402
 from issf.localize import LocalizationConfig, localize  # noqa: E402
 from issf.metrics import TemporalDetectionMAP  # noqa: E402
+from tests.test_localize import actloc_inputs  # noqa: E402
 
-_SHARED = Path(os.environ.get("ISSF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-FIXTURE = _SHARED / "fixtures" / "wtalc" / "actloc_05_thumos_random.json.gz"  # optional second case
+FIXTURE = SHARED / "fixtures" / "wtalc" / "actloc_05_thumos_random.json.gz"  # optional second case
 
 
 def random_ground_truth(cas_list: list[np.ndarray], n_classes: int, seed: int = 1) -> GroundTruth:
@@ -94,24 +94,6 @@ def synthetic_inputs(
     return cas_list, scores
 
 
-def fixture_inputs(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
-    """Inputs of a W-TALC ``actloc`` fixture (decoded as its README describes)."""
-    with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as f:
-        case = json.load(f)
-    scores = np.asarray(case["input"]["vid_pred"]["values"], dtype=np.float64).astype(np.float32)
-    fb = case["input"]["frm_pred"]
-    cas_list = []
-    for v in fb["videos"]:
-        cas = np.full((v["T"], fb["num_columns"]), fb["fill"], dtype=np.float32)
-        for c, vals in v["columns"].items():
-            if fb["encoding"] == "int_scaled":
-                cas[:, int(c)] = np.asarray(vals, np.float32) * np.float32(fb["scale"])
-            else:
-                cas[:, int(c)] = np.asarray(vals, np.float64).astype(np.float32)
-        cas_list.append(cas)
-    return cas_list, scores
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=213)
@@ -124,7 +106,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     cases = {"synthetic": synthetic_inputs(args.videos)}
     if FIXTURE.is_file() and not args.quick:
-        cases[f"inputs of {FIXTURE.name}"] = fixture_inputs(FIXTURE)
+        with gzip.open(FIXTURE, "rt") as f:
+            cases[f"inputs of {FIXTURE.name}"] = actloc_inputs(json.load(f))
     cfg = LocalizationConfig()
     entries = []
     for name, (cas_list, scores) in cases.items():

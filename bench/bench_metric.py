@@ -33,12 +33,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import record  # noqa: E402
+from bench.common import SHARED, record  # noqa: E402
 from issf.data.annotations import GroundTruth  # noqa: E402
 from issf.metrics import TemporalDetectionMAP  # noqa: E402
 from tests.test_metrics import map_case  # noqa: E402
 
-SHARED = Path(os.environ.get("ISSF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 THUMOS_TIOU = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 ANET_TIOU = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
 Detections = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]

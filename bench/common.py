@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
+# the read-only reference folder beside the repository (fixtures, real annotations)
+SHARED = Path(os.environ.get("ISSF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def cpu_model() -> str:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,8 +22,8 @@ from issf.localize import (
     soft_nms,
     upsample_cas,
 )
+from tests.conftest import SHARED
 
-SHARED = Path(os.environ.get("ISSF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 WTALC = SHARED / "fixtures" / "wtalc"
 ACTLOC_CASES = sorted(p.name for p in WTALC.glob("actloc_*.json*")) if WTALC.is_dir() else []
 needs_fixtures = pytest.mark.usefixtures("shared_dir")
@@ -37,7 +35,7 @@ def _load(name: str) -> dict:
         return json.load(f)
 
 
-def _inputs(case: dict) -> tuple[list[np.ndarray], np.ndarray]:
+def actloc_inputs(case: dict) -> tuple[list[np.ndarray], np.ndarray]:
     """``frm_pred`` arrays and ``vid_pred`` exactly as the fixture README decodes them."""
     vid_pred = np.asarray(case["input"]["vid_pred"]["values"], dtype=np.float64).astype(np.float32)
     fb = case["input"]["frm_pred"]
@@ -63,7 +61,7 @@ def _ambiguous_text(case: dict) -> str | None:
 
 def _official_rows(case: dict) -> dict[int, list[tuple[int, int, int, float]]]:
     """Our proposals per class id, indexed like the official output and ambiguous-filtered."""
-    cas, vid_pred = _inputs(case)
+    cas, vid_pred = actloc_inputs(case)
     args, protocol = case["args"], case["protocol"]
     assert tuple(protocol["act_thresh_cas"]) == DEFAULT_CAS_THRESHOLDS  # exact doubles
     cfg = LocalizationConfig(

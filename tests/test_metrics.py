@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -21,8 +20,8 @@ from issf.metrics import (
     exact_thresholds,
     summarize,
 )
+from tests.conftest import SHARED
 
-SHARED = Path(os.environ.get("ISSF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 MAP_DIR = SHARED / "fixtures" / "map"
 WTALC_DIR = SHARED / "fixtures" / "wtalc"
 THUMOS_ANNOTATIONS = SHARED / "data" / "thumos14" / "Thumos14reduced-Annotations"

@@ -5,7 +5,6 @@ rank that never calls ``update``."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +14,11 @@ from torch.utils.data import DataLoader
 
 from issf.data.annotations import GroundTruth
 from issf.metrics import TemporalDetectionMAP
+from tests.conftest import SHARED
 from tests.test_metrics import map_case
 
 pytestmark = pytest.mark.slow
 
-SHARED = Path(os.environ.get("ISSF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 THRESHOLDS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 N_SILENT = 3  # videos whose detections are removed (a model that found nothing there)
 
