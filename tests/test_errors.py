@@ -201,23 +201,32 @@ def _reference(det: Detections, gt: GroundTruth, tiou: float, min_tiou: float = 
     return cat
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_loop_reference_on_random_data(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    n_vid, n_cls, n_gt, n_det = 4, 3, 14, 120
+def _random_gt_and_jittered_copies(
+    rng: np.random.Generator, n_vid: int, n_cls: int, n_gt: int, n_det: int,
+    length_range: tuple[float, float], jitter: float,
+) -> tuple[GroundTruth, np.ndarray, np.ndarray, np.ndarray]:
+    """Random GT in 100 s videos and, for ``n_det`` random GT rows ``src``, jittered bounds (s, e)."""
     start = rng.uniform(0, 80, n_gt)
     gt = GroundTruth(
         [f"c{c}" for c in range(n_cls)],
         [f"v{v}" for v in range(n_vid)],
         np.full(n_vid, 100.0),
-        np.c_[start, start + rng.uniform(0.5, 20, n_gt)],
+        np.c_[start, start + rng.uniform(*length_range, n_gt)],
         rng.integers(0, n_vid, n_gt),
         rng.integers(0, n_cls, n_gt),
     )
-    # detections are jittered copies of GT (so that every category shows up) plus random ones
     src = rng.integers(0, n_gt, n_det)
-    s = gt.segments[src, 0] + rng.normal(0, 2, n_det)
-    e = np.maximum(gt.segments[src, 1] + rng.normal(0, 2, n_det), s + 0.2)
+    s = gt.segments[src, 0] + rng.normal(0, jitter, n_det)
+    e = np.maximum(gt.segments[src, 1] + rng.normal(0, jitter, n_det), s + 0.2)
+    return gt, src, s, e
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_loop_reference_on_random_data(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_vid, n_cls, n_det = 4, 3, 120
+    # detections are jittered copies of GT (so that every category shows up) plus random ones
+    gt, src, s, e = _random_gt_and_jittered_copies(rng, n_vid, n_cls, 14, n_det, (0.5, 20), 2.0)
     video = np.where(rng.random(n_det) < 0.85, gt.segment_video[src], rng.integers(0, n_vid, n_det))
     label = np.where(rng.random(n_det) < 0.7, gt.segment_label[src], rng.integers(0, n_cls, n_det))
     score = np.round(rng.random(n_det), 2)  # ties on purpose
@@ -251,19 +260,8 @@ def test_custom_length_bins() -> None:
 def test_true_positives_reproduce_the_anet_map() -> None:
     """AP recomputed from the breakdown's true positives equals issf.metrics' "anet" AP."""
     rng = np.random.default_rng(7)
-    n_vid, n_cls, n_gt, n_det = 5, 3, 20, 200
-    start = rng.uniform(0, 80, n_gt)
-    gt = GroundTruth(
-        [f"c{c}" for c in range(n_cls)],
-        [f"v{v}" for v in range(n_vid)],
-        np.full(n_vid, 100.0),
-        np.c_[start, start + rng.uniform(1, 15, n_gt)],
-        rng.integers(0, n_vid, n_gt),
-        rng.integers(0, n_cls, n_gt),
-    )
-    src = rng.integers(0, n_gt, n_det)
-    s = gt.segments[src, 0] + rng.normal(0, 1.5, n_det)
-    e = np.maximum(gt.segments[src, 1] + rng.normal(0, 1.5, n_det), s + 0.2)
+    n_cls, n_det = 3, 200
+    gt, src, s, e = _random_gt_and_jittered_copies(rng, 5, n_cls, 20, n_det, (1, 15), 1.5)
     det = Detections(
         gt.segment_video[src], s, e, rng.integers(0, n_cls, n_det), np.round(rng.random(n_det), 1), "seconds"
     )
