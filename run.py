@@ -5,15 +5,12 @@ The only Hydra entry point; it builds objects from the config and hands them to 
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-
-log = logging.getLogger("issf")
 
 
 def ensure_data(cfg: DictConfig) -> None:
@@ -53,7 +50,7 @@ def _plain_config(cfg: DictConfig) -> dict:
     return rename(OmegaConf.to_container(cfg, resolve=True))
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path):
+def build_trainer(cfg: DictConfig):
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -68,7 +65,7 @@ def task_train(cfg: DictConfig, output_dir: Path) -> dict:
     ensure_data(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
-    trainer = build_trainer(cfg, output_dir)
+    trainer = build_trainer(cfg)
     try:
         return fit_and_test(trainer, module, datamodule, output_dir, ckpt_path=cfg.get("ckpt_path"),
                             test=cfg.test_after_fit)
@@ -130,7 +127,7 @@ def task_eval(cfg: DictConfig, output_dir: Path) -> dict:
             cfg.data.evaluation, resolve=True)), output_dir)
     if not cfg.get("ckpt_path"):
         raise ValueError("task=eval needs ckpt_path=<checkpoint> or detections=<results.json>")
-    trainer = build_trainer(cfg, output_dir)
+    trainer = build_trainer(cfg)
     return evaluate_checkpoint(cfg.ckpt_path, trainer, datamodule, output_dir)
 
 
