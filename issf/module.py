@@ -187,7 +187,7 @@ class ISSFModule(pl.LightningModule):
             if labels is None:
                 labels = np.eye(self.net_cfg.num_classes)[int(scores[0].argmax())]
             y = torch.as_tensor(np.asarray(labels), dtype=torch.float32, device=self.device)[None]
-            mem = self.net.memory_branch(out, mask, y, self.current_epoch, update=False)
+            mem = self.net.memory_branch(out, y, self.current_epoch, update=False)
             result["pseudo_labels"] = mem.logits[0].cpu().numpy()
         self.net.train(was)
         return result

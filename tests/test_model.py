@@ -252,3 +252,17 @@ def test_bf16_autocast_keeps_heads_and_losses_in_fp32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed, _ = net.losses(x, mask, labels_for(2), epoch=3, update_memory=False)
     assert torch.allclose(mixed["total"], reference["total"], rtol=0.05, atol=0.05)
+
+
+def test_scaled_cosine_gradient_matches_finite_differences():
+    from issf.model.head import ScaledCosine, _normalize
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 7, 5, dtype=torch.double, generator=g).requires_grad_()
+    c = torch.randn(3, 5, dtype=torch.double, generator=g).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: ScaledCosine.apply(a, _normalize(b), 20.0), (x, c))
+    reference = 20.0 * (x @ _normalize(c).T) / (x.norm(dim=-1, keepdim=True) + 1e-9)
+    assert torch.allclose(ScaledCosine.apply(x, _normalize(c), 20.0), reference)
+    zero = torch.zeros(2, 5, requires_grad=True)  # all-zero snippets (ReLU + dropout) stay finite
+    ScaledCosine.apply(zero, _normalize(c.float().detach()), 20.0).sum().backward()
+    assert torch.isfinite(zero.grad).all()

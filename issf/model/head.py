@@ -8,9 +8,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from issf.model.packing import Packing
+
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
     return x / (x.norm(dim=-1, keepdim=True) + 1e-9)
+
+
+class ScaledCosine(torch.autograd.Function):
+    """scale * (x . u_k) / (||x|| + 1e-9) of features x [N, D] against unit centres u [K, D].
+
+    The features are never normalised themselves (dividing the small [N, K] product by the norms
+    is equivalent), and the backward makes one pass over x instead of the four (norm backward,
+    masked fill, product, sum of the two gradients) that autograd would spend on [N, 2048] tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, unit: torch.Tensor, scale: float) -> torch.Tensor:
+        norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        inv = scale / (norms + 1e-9)
+        dots = x @ unit.T
+        ctx.save_for_backward(x, unit, dots, norms, inv)
+        return dots * inv
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, unit, dots, norms, inv = ctx.saved_tensors
+        grad_dots = grad * inv  # [N, K]
+        grad_x = grad_unit = None
+        if ctx.needs_input_grad[0]:
+            # d out_k / d ||x|| = -dots_k * inv / (||x|| + eps); d ||x|| / dx = x / ||x|| (0 at x = 0)
+            grad_norms = -(grad_dots * dots).sum(-1, keepdim=True) / (norms + 1e-9)
+            coef = torch.where(norms > 0, grad_norms / norms, 0.0)
+            grad_x = (grad_dots @ unit).addcmul_(coef, x)
+        if ctx.needs_input_grad[1]:
+            grad_unit = grad_dots.reshape(-1, grad_dots.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+        return grad_x, grad_unit, None
 
 
 @dataclass
@@ -37,29 +70,26 @@ class ClassificationHead(nn.Module):
         self.fg_centre = nn.Parameter(-self.centres.detach()[-1:].clone())
 
     def _cosine(self, features: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-        """scale * cos(features, centres) without normalising the [.., D] features themselves
-        (dividing the small [.., K] product by the norms is equivalent and far cheaper)."""
-        norms = features.norm(dim=-1, keepdim=True) + 1e-9
-        return self.scale * (features @ _normalize(centres).T) / norms
+        return ScaledCosine.apply(features, _normalize(centres), self.scale)
 
     def snippet_logits(self, features: torch.Tensor) -> torch.Tensor:
         return self._cosine(features.float(), self.centres.float())
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> BranchOutput:
+    def forward(self, features: torch.Tensor, packing: Packing) -> BranchOutput:
+        """Head over packed features [S, D]; the outputs are padded per video."""
         with torch.autocast(device_type=features.device.type, enabled=False):
             z = features.float()
             centres = self.centres.float()
             # one product against the class centres and the foreground centre
             both = torch.cat([centres, self.fg_centre.float()])
-            scores = self._cosine(z, both)  # [B, T, C+2]
-            logits, fg = scores[..., :-1], scores[..., -1]
-            valid = mask.to(z.dtype)
-            attention = torch.sigmoid(fg) * valid
-            class_att = torch.sigmoid(logits) * valid[..., None]
-            weights = torch.cat([class_att, attention[..., None]], dim=-1)
-            weights = weights / (weights.sum(1, keepdim=True) + 1e-5)
-            pooled = torch.einsum("btk,btd->bkd", weights, z)  # [B, C+2, D]
+            scores = self._cosine(z, both)  # [S, C+2]
+            logits = scores[:, :-1]
+            gates = torch.sigmoid(scores)  # class-wise attention and (last) class-agnostic a_t
+            sums = torch.stack([g.sum(0) for g in packing.split(gates)])  # [B, C+2]
+            weights = gates / packing.repeat(sums + 1e-5)
+            pooled = torch.stack([w.T @ f for w, f in zip(packing.split(weights), packing.split(z))])  # [B, C+2, D]
             pooled_bg, pooled_fg = pooled[:, :-1], pooled[:, -1]
             video_fg = F.softmax(self._cosine(pooled_fg, centres), dim=-1)
             video_bg = F.softmax(self.scale * (_normalize(pooled_bg) * _normalize(centres)[None]).sum(-1), dim=-1)
-        return BranchOutput(video_fg=video_fg, video_bg=video_bg, attention=attention, logits=logits)
+            attention = packing.pad(gates[:, -1])
+        return BranchOutput(video_fg=video_fg, video_bg=video_bg, attention=attention, logits=packing.pad(logits))

@@ -5,29 +5,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from issf.model.packing import Packing
 
-def masked_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-    """softmax_j(q_t . k_j) v_j over the keys in ``key_mask``; an empty key set gives zeros.
+
+def attend(queries: torch.Tensor, keys: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """weight * softmax_j(q_t . k_j) k_j for one video; an empty key set gives zeros (the official
+    empty softmax). The mixing ``weight`` scales the small [T, N] attention matrix, not the output.
 
     The unscaled dot products of 2048-d features are large and make the attention nearly hard, so
     logits and softmax are computed in fp32 even under autocast; only the weighted sum may run in
     the autocast dtype.
     """
+    if keys.shape[0] == 0:
+        return queries.new_zeros(queries.shape[0], keys.shape[-1])
     with torch.autocast(device_type=queries.device.type, enabled=False):
-        logits = torch.matmul(queries.float(), keys.float().transpose(1, 2))
-        logits = logits.masked_fill(~key_mask[:, None, :], float("-inf"))
-        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)
-    return torch.matmul(weights, values)
-
-
-def gather_set(features: torch.Tensor, member: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Members of a snippet set packed to the front, in temporal order: [B, N, D] and a [B, N] mask,
-    N = largest set in the batch (at least 1). Attention then costs T x N instead of T x T."""
-    counts = member.sum(1)
-    size = max(int(counts.max()), 1) if member.numel() else 1
-    order = torch.argsort((~member).to(torch.uint8), dim=1, stable=True)[:, :size]
-    packed = torch.gather(features, 1, order[..., None].expand(-1, -1, features.shape[-1]))
-    return packed, torch.arange(size, device=member.device)[None] < counts[:, None]
+        weights = torch.softmax(torch.matmul(queries.float(), keys.float().T), dim=-1)
+    if weight != 1.0:
+        weights = weights * weight
+    return weights @ keys
 
 
 class InteractionUnit(nn.Module):
@@ -47,29 +42,10 @@ class InteractionUnit(nn.Module):
             return features
         return features + torch.softmax(self.mlp(features).float(), dim=-1).to(features.dtype) * features
 
-    def forward(self, features: torch.Tensor, member: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Refined features [B, T, D]: every snippet attends over the members of its video's set.
-
-        The channel gate runs batched on the packed set members; the attention runs video by video
-        so that its quadratic cost is never spent on padding (lengths in a batch can differ a lot).
-        """
-        keys, key_mask = gather_set(features, member)
-        enhanced = self.enhance(keys)
-        if lengths is None:
-            return masked_attention(features, enhanced, enhanced, key_mask)
-        counts = key_mask.sum(1).tolist()
-        # unbind (not indexing) so that each video's backward touches only its own rows
-        rows = []
-        for query, key, length, count in zip(features.unbind(0), enhanced.unbind(0), lengths.tolist(), counts):
-            if count == 0:  # empty set: zero output, as the official empty softmax
-                rows.append(query.new_zeros(query.shape[0], key.shape[-1]))
-                continue
-            weights = torch.softmax(_fp32_logits(query[:length], key[:count]), dim=-1)
-            refined = weights @ key[:count]  # in the autocast dtype when autocast is on
-            rows.append(torch.nn.functional.pad(refined, (0, 0, 0, query.shape[0] - length)))
-        return torch.stack(rows)
-
-
-def _fp32_logits(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    with torch.autocast(device_type=queries.device.type, enabled=False):
-        return torch.matmul(queries.float(), keys.float().T)
+    def forward(self, features: torch.Tensor, member: torch.Tensor, packing: Packing, weight: float = 1.0) -> torch.Tensor:
+        """Refined packed features [S, D], times ``weight``: every snippet attends over the members
+        ([B, T] bool) of its video's set. The gate runs once on all members of the batch; the attention runs video
+        by video on views, so that its quadratic cost is never spent on padding."""
+        keys = self.enhance(features[packing.pack(member)])
+        rows = [attend(q, k, weight) for q, k in zip(packing.split(features), keys.split(member.sum(1).tolist()))]
+        return torch.cat(rows)

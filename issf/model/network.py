@@ -1,7 +1,9 @@
 """The ISSF network: base branch, saliency/boundary-refinement branch and memory branch.
 
-Batched over right-padded videos with a boolean mask; every temporal reduction respects the
-mask so that a batch gives the same per-video outputs as one video at a time (ISSF_SPEC.md 5).
+Batched over right-padded videos with a boolean mask. Inside, the videos are packed back to back
+(no padding rows) and every per-video operation (temporal differences, attention, pooling) runs on
+its own rows, so that a batch gives the same per-video outputs as one video at a time
+(ISSF_SPEC.md 5) and no work is spent on padding.
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ from issf.model.embedding import Embedding
 from issf.model.head import BranchOutput, ClassificationHead
 from issf.model.interaction import InteractionUnit
 from issf.model.memory import SalientMemory
-from issf.model.saliency import salient_mask
+from issf.model.packing import Packing
+from issf.model.saliency import packed_differences, select_salient
 
 
 @dataclass
 class ForwardOutput:
     base: BranchOutput
     saliency: BranchOutput | None = None
-    fused: torch.Tensor | None = None  # [B, T, D] refined features F~
+    packing: Packing | None = None  # row layout of the packed tensors below
+    fused: torch.Tensor | None = None  # [S, D] refined features F~ (packed)
     salient: torch.Tensor | None = None  # [B, T] salient indicator
-    candidates: torch.Tensor | None = None  # [B, T, D] features the memory would store
-    candidate_scores: torch.Tensor | None = None  # [B, T, C+1] their class scores
+    candidates: torch.Tensor | None = None  # [S, D] features the memory would store (packed)
+    candidate_scores: torch.Tensor | None = None  # [S, C+1] their class scores (packed)
     memory_updates: list = field(default_factory=list)  # (features, scores, classes) applied this step
 
 
@@ -52,21 +56,19 @@ class ISSF(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> ForwardOutput:
         cfg = self.cfg
-        hidden, features = self.embedding(x)
-        out = ForwardOutput(base=self.head(features, mask))
+        packing = Packing.from_mask(mask)
+        hidden, features = self.embedding(packing.pack(x))
+        out = ForwardOutput(base=self.head(features, packing), packing=packing)
         if not cfg.saliency:
             return out
         source = features if cfg.compat.saliency_after_dropout else hidden
-        salient = salient_mask(
-            source.detach(), mask, cfg.saliency_ratio, cfg.compat.wrap_last, cfg.compat.saliency_skip_first
-        )
-        lengths = mask.sum(1)
-        fused = self.salient_unit(features, salient, lengths)
+        diff = packing.pad(packed_differences(source.detach().float(), packing))
+        salient = select_salient(diff, mask, cfg.saliency_ratio, cfg.compat.wrap_last, cfg.compat.saliency_skip_first)
+        # F~ = (1 - lamb) F_s + lamb F_ns (F_ns = 0 without the non-salient branch)
+        fused = self.salient_unit(features, salient, packing, weight=1.0 - cfg.lamb)
         if cfg.non_salient_branch:
-            fused = (1.0 - cfg.lamb) * fused + cfg.lamb * self.non_salient_unit(features, mask & ~salient, lengths)
-        else:
-            fused = (1.0 - cfg.lamb) * fused
-        out.saliency = self.head(fused, mask)
+            fused = fused + self.non_salient_unit(features, mask & ~salient, packing, weight=cfg.lamb)
+        out.saliency = self.head(fused, packing)
         out.fused, out.salient = fused, salient
         if cfg.memory:
             stored = features if cfg.compat.memory_store_post_dropout else hidden
@@ -74,6 +76,13 @@ class ISSF(nn.Module):
             with torch.no_grad():  # memory scores are stored, never differentiated
                 out.candidate_scores = torch.softmax(self.head.snippet_logits(out.candidates), dim=-1)
         return out
+
+    def _salient_candidates(self, out: ForwardOutput) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per video: the salient candidate features and their class scores."""
+        packing = out.packing
+        member = packing.split(packing.pack(out.salient))
+        feats, scores = packing.split(out.candidates), packing.split(out.candidate_scores)
+        return [(f[m], s[m]) for f, s, m in zip(feats, scores, member)]
 
     # ------------------------------------------------------------------ memory
     def _memory_classes(self, labels: torch.Tensor) -> list[list[int]]:
@@ -83,36 +92,31 @@ class ISSF(nn.Module):
         return classes
 
     def memory_branch(
-        self, out: ForwardOutput, mask: torch.Tensor, labels: torch.Tensor, epoch: int, update: bool = True
+        self, out: ForwardOutput, labels: torch.Tensor, epoch: int, update: bool = True
     ) -> BranchOutput:
         """Read the memory with the refined features, video by video in batch order, updating it
         after each video (the official per-video order, B13); head over the read features."""
         assert out.fused is not None and out.candidates is not None
-        lengths = mask.sum(1).tolist()
         rows = []
-        # unbind (not indexing) so that each video's backward touches only its own rows
-        for b, (query, classes) in enumerate(zip(out.fused.unbind(0), self._memory_classes(labels))):
-            read = torch.zeros(query.shape, dtype=torch.float32, device=query.device)
+        candidates = self._salient_candidates(out) if update else []
+        for b, (query, classes) in enumerate(zip(out.packing.split(out.fused), self._memory_classes(labels))):
             if classes:
                 keys = self.memory.read(classes).float()
-                attended = torch.softmax(query[: lengths[b]].float() @ keys.T, dim=-1) @ keys
-                read = torch.nn.functional.pad(attended, (0, 0, 0, query.shape[0] - lengths[b]))
-            rows.append(read)
+                rows.append(torch.softmax(query.float() @ keys.T, dim=-1) @ keys)
+            else:
+                rows.append(query.new_zeros(query.shape, dtype=torch.float32))
             if update:
-                sel = out.salient[b]
-                feats, scores = out.candidates[b][sel], out.candidate_scores[b][sel]
+                feats, scores = candidates[b]
                 self.memory.update(feats, scores, classes, epoch)
                 out.memory_updates.append((feats, scores, classes))
-        return self.head(torch.stack(rows), mask)
+        return self.head(torch.cat(rows), out.packing)
 
     @torch.no_grad()
     def insert_into_memory(self, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, epoch: int) -> None:
         """Initialisation pass (call in eval mode): salient features into each video's GT classes."""
         out = self.forward(x, mask)
-        for b, row in enumerate(labels):
-            classes = torch.nonzero(row > 0).flatten().tolist()
-            sel = out.salient[b]
-            self.memory.update(out.candidates[b][sel], out.candidate_scores[b][sel], classes, epoch)
+        for (feats, scores), row in zip(self._salient_candidates(out), labels):
+            self.memory.update(feats, scores, torch.nonzero(row > 0).flatten().tolist(), epoch)
 
     def memory_active(self, epoch: int) -> bool:
         return self.cfg.memory and epoch >= self.cfg.memory_start_epoch and bool(self.memory.initialized)
@@ -138,7 +142,7 @@ class ISSF(nn.Module):
         if cfg.memory and epoch >= cfg.memory_start_epoch:
             w_pl = cfg.w_pl_memory
         if self.memory_active(epoch):
-            mem = self.memory_branch(out, mask, labels, epoch, update=update_memory)
+            mem = self.memory_branch(out, labels, epoch, update=update_memory)
             loss_fg = loss_fg + cfg.w_memory * nce(mem.video_fg, fg)
             loss_bg = loss_bg + cfg.w_memory * nce(mem.video_bg, bg)
             teacher = cfg.pl_memory_mix * mem.logits + (1.0 - cfg.pl_memory_mix) * out.saliency.logits

@@ -4,22 +4,32 @@ from __future__ import annotations
 
 import torch
 
+from issf.model.packing import Packing
+
+
+def packed_differences(features: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """d_t = ||f_t - f_{t-1}||_1 for packed features [S, D], with a zero vector before each
+    video's first snippet: [S]."""
+    diff = features.new_empty(features.shape[0])
+    if features.shape[0] == 0:
+        return diff
+    diff[0] = features[0].abs().sum()
+    diff[1:] = (features[1:] - features[:-1]).abs_().sum(-1)
+    starts = torch.as_tensor([s for s, n in zip(packing.starts, packing.lengths) if n], device=features.device)
+    diff[starts] = features[starts].abs().sum(-1)
+    return diff
+
 
 def temporal_difference(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """d_t = ||f_t - f_{t-1}||_1 with a zero vector before the first snippet; -inf at padding."""
-    first = features[:, :1].abs().sum(-1)
-    rest = (features[:, 1:] - features[:, :-1]).abs().sum(-1)
-    return torch.cat([first, rest], dim=1).masked_fill(~mask, float("-inf"))
+    """Padded version of :func:`packed_differences`: [B, T] with -inf at padding."""
+    packing = Packing.from_mask(mask)
+    return packing.pad(packed_differences(packing.pack(features.float()), packing), float("-inf"))
 
 
-def salient_mask(
-    features: torch.Tensor,
-    mask: torch.Tensor,
-    ratio: float,
-    wrap_last: bool = True,
-    skip_first: bool = False,
+def select_salient(
+    diff: torch.Tensor, mask: torch.Tensor, ratio: float, wrap_last: bool = True, skip_first: bool = False
 ) -> torch.Tensor:
-    """Boolean [B, T] salient indicator b_t of ISSF_SPEC.md 1.2 / 5.
+    """Boolean [B, T] salient indicator b_t of ISSF_SPEC.md 1.2 / 5 from differences [B, T].
 
     The K_b = max(floor(ratio * len_b) - 1, 0) snippets with the largest backward difference are
     selected, and each selected snippet marks itself and its predecessor. With ``wrap_last`` the
@@ -27,7 +37,7 @@ def salient_mask(
     Ranking uses a stable descending sort so ties resolve by position.
     """
     lengths = mask.sum(1)
-    diff = temporal_difference(features.float(), mask)
+    diff = diff.masked_fill(~mask, float("-inf"))
     if skip_first:
         diff[:, 0] = float("-inf")
     k = torch.clamp(torch.floor(lengths.double() * ratio).long() - 1, min=0)
@@ -41,3 +51,10 @@ def salient_mask(
         rows = torch.nonzero(selected[:, 0], as_tuple=True)[0]
         salient[rows, lengths[rows] - 1] = True
     return salient & mask
+
+
+def salient_mask(
+    features: torch.Tensor, mask: torch.Tensor, ratio: float, wrap_last: bool = True, skip_first: bool = False
+) -> torch.Tensor:
+    """Salient indicator [B, T] of padded features [B, T, D] (see :func:`select_salient`)."""
+    return select_salient(temporal_difference(features, mask), mask, ratio, wrap_last, skip_first)
