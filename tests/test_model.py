@@ -266,3 +266,34 @@ def test_scaled_cosine_gradient_matches_finite_differences():
     zero = torch.zeros(2, 5, requires_grad=True)  # all-zero snippets (ReLU + dropout) stay finite
     ScaledCosine.apply(zero, _normalize(c.float().detach()), 20.0).sum().backward()
     assert torch.isfinite(zero.grad).all()
+
+
+def test_cpu_dropout_mask_statistics_and_seeding():
+    from issf.model.embedding import dropout_mask
+
+    torch.manual_seed(5)
+    mask = dropout_mask(torch.Size([1000, 1024]), 0.6, torch.device("cpu"))
+    values = mask.unique()
+    assert len(values) == 2 and values[0] == 0 and abs(values[1].item() - 2.5) < 1e-4  # 1 / (1 - p')
+    for lane in range(4):  # every 16-bit lane of the 64-bit draws is uniform
+        dropped = (mask.flatten()[lane::4] == 0).double().mean().item()
+        assert abs(dropped - 0.6) < 0.003, (lane, dropped)
+    assert abs(mask.mean().item() - 1.0) < 0.01
+    torch.manual_seed(5)
+    assert torch.equal(dropout_mask(torch.Size([1000, 1024]), 0.6, torch.device("cpu")), mask)
+    assert torch.all(dropout_mask(torch.Size([9]), 1.0, torch.device("cpu")) == 0)
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.88, 0.0])
+def test_packed_attention_matches_per_video_softmax_attention(weight):
+    from issf.model.interaction import packed_attention
+
+    g = torch.Generator().manual_seed(0)
+    lengths, counts = (3, 1, 4, 2), (2, 0, 3, 1)  # the second video has an empty key set
+    q = torch.randn(sum(lengths), 5, dtype=torch.double, generator=g).requires_grad_()
+    k = torch.randn(sum(counts), 5, dtype=torch.double, generator=g).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: packed_attention(a, b, lengths, counts, weight), (q, k))
+    rows = []
+    for qv, kv in zip(q.split(lengths), k.split(counts)):
+        rows.append(weight * torch.softmax(qv @ kv.T, -1) @ kv if len(kv) else torch.zeros_like(qv))
+    assert torch.allclose(packed_attention(q, k, lengths, counts, weight), torch.cat(rows))

@@ -5,6 +5,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+_BITS = 15  # random bits per element of the CPU dropout mask
+
+
+def dropout_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
+    """Inverted-dropout mask {0, 1 / (1 - p')}, p' = round(p * 2^15) / 2^15 (|p' - p| <= 2^-16).
+
+    Four 15-bit uniform integers come from each 64-bit draw of the global generator: on CPUs this
+    is ~3x faster than ``bernoulli_``, which draws a double per element of the [S, 2048] tensor.
+    """
+    threshold = round(p * 2**_BITS)
+    numel = shape.numel()
+    words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_()
+    uniform = words.view(torch.int16)[:numel].view(shape) & (2**_BITS - 1)
+    keep = 1.0 - threshold / 2**_BITS
+    return uniform.ge_(threshold).to(torch.float32).mul_(1.0 / keep if keep > 0 else 0.0)
+
 
 class Embedding(nn.Module):
     """Returns both the pre-dropout and the post-dropout embedding (saliency may use either)."""
@@ -18,4 +34,9 @@ class Embedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = torch.relu(self.linear(x))
-        return hidden, self.dropout(hidden)
+        p = self.dropout.p
+        if not self.training or p == 0.0:
+            return hidden, hidden
+        if hidden.device.type != "cpu":  # fused and exact on accelerators
+            return hidden, self.dropout(hidden)
+        return hidden, hidden * dropout_mask(hidden.shape, p, hidden.device).to(hidden.dtype)

@@ -8,21 +8,80 @@ from torch import nn
 from issf.model.packing import Packing
 
 
-def attend(queries: torch.Tensor, keys: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
-    """weight * softmax_j(q_t . k_j) k_j for one video; an empty key set gives zeros (the official
-    empty softmax). The mixing ``weight`` scales the small [T, N] attention matrix, not the output.
+def _bounds(sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+    bounds, row = [], 0
+    for n in sizes:
+        bounds.append((row, row + n))
+        row += n
+    return bounds
 
-    The unscaled dot products of 2048-d features are large and make the attention nearly hard, so
-    logits and softmax are computed in fp32 even under autocast; only the weighted sum may run in
-    the autocast dtype.
+
+class PackedAttention(torch.autograd.Function):
+    """out_t = weight * sum_j softmax_j(q_t . k_j) k_j, video by video, on packed rows.
+
+    Queries [S, D] hold the videos back to back (``lengths`` rows each) and keys [M, D] each
+    video's key set back to back (``counts`` rows each); a video without keys gets zeros (the
+    official empty softmax). The unscaled dot products of 2048-d features are large and make the
+    attention nearly hard, so it runs in fp32 (float64 stays float64), also under autocast.
+    Outputs and gradients are written straight into packed buffers, so no per-video pieces are
+    concatenated (each concatenation is a pass over an [S, 2048] tensor).
     """
-    if keys.shape[0] == 0:
-        return queries.new_zeros(queries.shape[0], keys.shape[-1])
-    with torch.autocast(device_type=queries.device.type, enabled=False):
-        weights = torch.softmax(torch.matmul(queries.float(), keys.float().T), dim=-1)
-    if weight != 1.0:
-        weights = weights * weight
-    return weights @ keys
+
+    @staticmethod
+    def forward(ctx, queries, keys, lengths, counts, weight):  # noqa: ANN001, ANN205
+        dtype = torch.promote_types(queries.dtype, torch.float32)
+        with torch.autocast(device_type=queries.device.type, enabled=False):
+            q, k = queries.to(dtype), keys.to(dtype)
+            out = q.new_empty(q.shape[0], k.shape[1])
+            probs = []
+            for (r0, r1), (k0, k1) in zip(_bounds(lengths), _bounds(counts)):
+                if k1 == k0 or weight == 0.0:
+                    out[r0:r1].zero_()
+                    probs.append(None)
+                    continue
+                a = torch.softmax(q[r0:r1] @ k[k0:k1].T, dim=-1)
+                if weight != 1.0:
+                    a.mul_(weight)
+                torch.mm(a, k[k0:k1], out=out[r0:r1])
+                probs.append(a)
+        ctx.save_for_backward(q, k)
+        ctx.probs, ctx.weight = probs, weight
+        ctx.bounds = list(zip(_bounds(lengths), _bounds(counts)))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+        q, k = ctx.saved_tensors
+        need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            g = grad_out.to(q.dtype).contiguous()
+            grad_q = torch.empty_like(q) if need_q else None
+            grad_k = torch.empty_like(k) if need_k else None
+            for ((r0, r1), (k0, k1)), a in zip(ctx.bounds, ctx.probs):
+                if a is None:
+                    if need_q:
+                        grad_q[r0:r1].zero_()
+                    if need_k:
+                        grad_k[k0:k1].zero_()
+                    continue
+                keys = k[k0:k1]
+                if need_k:  # value path: a^T g
+                    torch.mm(a.T, g[r0:r1], out=grad_k[k0:k1])
+                # logits path, a = weight * softmax(l): dl = a * (da - sum_j(a * da) / weight)
+                grad_logits = (g[r0:r1] @ keys.T).mul_(a)
+                grad_logits.sub_(a * (grad_logits.sum(-1, keepdim=True) / ctx.weight))
+                if need_q:
+                    torch.mm(grad_logits, keys, out=grad_q[r0:r1])
+                if need_k:
+                    grad_k[k0:k1].addmm_(grad_logits.T, q[r0:r1])
+        return grad_q, grad_k, None, None, None
+
+
+def packed_attention(
+    queries: torch.Tensor, keys: torch.Tensor, lengths: tuple[int, ...], counts: tuple[int, ...], weight: float = 1.0
+) -> torch.Tensor:
+    """See :class:`PackedAttention`."""
+    return PackedAttention.apply(queries, keys, tuple(lengths), tuple(counts), float(weight))
 
 
 class InteractionUnit(nn.Module):
@@ -47,5 +106,4 @@ class InteractionUnit(nn.Module):
         ([B, T] bool) of its video's set. The gate runs once on all members of the batch; the attention runs video
         by video on views, so that its quadratic cost is never spent on padding."""
         keys = self.enhance(features[packing.pack(member)])
-        rows = [attend(q, k, weight) for q, k in zip(packing.split(features), keys.split(member.sum(1).tolist()))]
-        return torch.cat(rows)
+        return packed_attention(features, keys, packing.lengths, tuple(member.sum(1).tolist()), weight)

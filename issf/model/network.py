@@ -17,10 +17,11 @@ from issf.losses import attention_loss, nce, pseudo_label_loss, video_targets
 from issf.model.config import ISSFConfig
 from issf.model.embedding import Embedding
 from issf.model.head import BranchOutput, ClassificationHead
-from issf.model.interaction import InteractionUnit
+from issf.model.interaction import InteractionUnit, packed_attention
 from issf.model.memory import SalientMemory
 from issf.model.packing import Packing
 from issf.model.saliency import packed_differences, select_salient
+from issf.runtime import configure_cpu
 
 
 @dataclass
@@ -38,9 +39,7 @@ class ForwardOutput:
 class ISSF(nn.Module):
     def __init__(self, cfg: ISSFConfig):
         super().__init__()
-        # The near-hard attention of unscaled 2048-d dot products yields denormal weights, which
-        # slow CPU matrix products down ~10x; flushing them to zero changes no result that matters.
-        torch.set_flush_denormal(True)
+        configure_cpu()  # denormal flush and heap reuse (issf.runtime)
         self.cfg = cfg
         self.embedding = Embedding(cfg.input_dim, cfg.embed_dim, cfg.dropout)
         self.head = ClassificationHead(cfg.embed_dim, cfg.num_classes, cfg.scale)
@@ -97,19 +96,17 @@ class ISSF(nn.Module):
         """Read the memory with the refined features, video by video in batch order, updating it
         after each video (the official per-video order, B13); head over the read features."""
         assert out.fused is not None and out.candidates is not None
-        rows = []
+        keys, counts = [], []
         candidates = self._salient_candidates(out) if update else []
-        for b, (query, classes) in enumerate(zip(out.packing.split(out.fused), self._memory_classes(labels))):
-            if classes:
-                keys = self.memory.read(classes).float()
-                rows.append(torch.softmax(query.float() @ keys.T, dim=-1) @ keys)
-            else:
-                rows.append(query.new_zeros(query.shape, dtype=torch.float32))
+        for b, classes in enumerate(self._memory_classes(labels)):
+            keys.append(self.memory.read(classes).float())  # a copy: later updates do not change it
+            counts.append(len(keys[-1]))
             if update:
                 feats, scores = candidates[b]
                 self.memory.update(feats, scores, classes, epoch)
                 out.memory_updates.append((feats, scores, classes))
-        return self.head(torch.cat(rows), out.packing)
+        read = packed_attention(out.fused, torch.cat(keys), out.packing.lengths, tuple(counts))
+        return self.head(read, out.packing)
 
     @torch.no_grad()
     def insert_into_memory(self, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, epoch: int) -> None:
