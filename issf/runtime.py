@@ -32,6 +32,6 @@ def configure_cpu() -> None:
     try:
         libc = ctypes.CDLL(name)
         libc.mallopt(_M_MMAP_MAX, 0)
-        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+        libc.mallopt(_M_TRIM_THRESHOLD, -1)  # -1 reads as SIZE_MAX: never trim
     except (OSError, AttributeError):  # not glibc: keep the allocator's defaults
         pass

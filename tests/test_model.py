@@ -297,3 +297,15 @@ def test_packed_attention_matches_per_video_softmax_attention(weight):
     for qv, kv in zip(q.split(lengths), k.split(counts)):
         rows.append(weight * torch.softmax(qv @ kv.T, -1) @ kv if len(kv) else torch.zeros_like(qv))
     assert torch.allclose(packed_attention(q, k, lengths, counts, weight), torch.cat(rows))
+
+
+def test_segment_pool_matches_per_video_products():
+    from issf.model.head import SegmentPool
+
+    g = torch.Generator().manual_seed(0)
+    lengths = (3, 1, 5)
+    w = torch.rand(sum(lengths), 4, dtype=torch.double, generator=g).requires_grad_()
+    f = torch.randn(sum(lengths), 6, dtype=torch.double, generator=g).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: SegmentPool.apply(a, b, lengths), (w, f))
+    reference = torch.stack([a.T @ b for a, b in zip(w.split(lengths), f.split(lengths))])
+    assert torch.allclose(SegmentPool.apply(w, f, lengths), reference)

@@ -46,6 +46,37 @@ class ScaledCosine(torch.autograd.Function):
         return grad_x, grad_unit, None
 
 
+class SegmentPool(torch.autograd.Function):
+    """pooled[b] = weights_b^T features_b for packed videos (weights [S, K], features [S, D]):
+    [B, K, D]. Gradients are written straight into packed buffers (no per-video concatenation)."""
+
+    @staticmethod
+    def forward(ctx, weights, features, lengths):  # noqa: ANN001, ANN205
+        out = features.new_empty(len(lengths), weights.shape[1], features.shape[1])
+        bounds = []
+        row = 0
+        for b, n in enumerate(lengths):
+            bounds.append((row, row + n))
+            torch.mm(weights[row : row + n].T, features[row : row + n], out=out[b])
+            row += n
+        ctx.save_for_backward(weights, features)
+        ctx.bounds = bounds
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        weights, features = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_w = torch.empty_like(weights) if ctx.needs_input_grad[0] else None
+        grad_f = torch.empty_like(features) if ctx.needs_input_grad[1] else None
+        for b, (r0, r1) in enumerate(ctx.bounds):
+            if grad_w is not None:
+                torch.mm(features[r0:r1], grad[b].T, out=grad_w[r0:r1])
+            if grad_f is not None:
+                torch.mm(weights[r0:r1], grad[b], out=grad_f[r0:r1])
+        return grad_w, grad_f, None
+
+
 @dataclass
 class BranchOutput:
     """Outputs of the head for one branch, batched over videos."""
@@ -87,7 +118,7 @@ class ClassificationHead(nn.Module):
             gates = torch.sigmoid(scores)  # class-wise attention and (last) class-agnostic a_t
             sums = torch.stack([g.sum(0) for g in packing.split(gates)])  # [B, C+2]
             weights = gates / packing.repeat(sums + 1e-5)
-            pooled = torch.stack([w.T @ f for w, f in zip(packing.split(weights), packing.split(z))])  # [B, C+2, D]
+            pooled = SegmentPool.apply(weights, z, packing.lengths)  # [B, C+2, D]
             pooled_bg, pooled_fg = pooled[:, :-1], pooled[:, -1]
             video_fg = F.softmax(self._cosine(pooled_fg, centres), dim=-1)
             video_bg = F.softmax(self.scale * (_normalize(pooled_bg) * _normalize(centres)[None]).sum(-1), dim=-1)
