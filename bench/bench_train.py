@@ -68,7 +68,7 @@ def bench_mode(path: Path, batch_size: int, device: torch.device, epochs: int, a
     dm = FeatureDataModule(str(path), batch_size=batch_size, eval_batch_size=16, bucket=batch_size > 1)
     dm.setup()
     net = ISSF(ISSFConfig(num_classes=dm.file.num_classes, input_dim=dm.feature_dim)).to(device).train()
-    opt = torch.optim.Adam(net.parameters(), lr=5e-5, betas=(0.9, 0.99), weight_decay=5e-4)
+    opt = torch.optim.Adam(net.parameters(), lr=5e-5, betas=(0.9, 0.99), weight_decay=5e-4, fused=True)
     net.eval()
     with torch.no_grad():  # memory initialisation pass, so that the timed epochs use the memory branch
         for batch in dm.memory_init_dataloader():
