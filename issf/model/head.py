@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from issf.model.packing import Packing
+from issf.model.packing import Packing, bounds
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -53,14 +53,10 @@ class SegmentPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weights, features, lengths):  # noqa: ANN001, ANN205
         out = features.new_empty(len(lengths), weights.shape[1], features.shape[1])
-        bounds = []
-        row = 0
-        for b, n in enumerate(lengths):
-            bounds.append((row, row + n))
-            torch.mm(weights[row : row + n].T, features[row : row + n], out=out[b])
-            row += n
+        ctx.bounds = bounds(lengths)
+        for b, (r0, r1) in enumerate(ctx.bounds):
+            torch.mm(weights[r0:r1].T, features[r0:r1], out=out[b])
         ctx.save_for_backward(weights, features)
-        ctx.bounds = bounds
         return out
 
     @staticmethod

@@ -5,15 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from issf.model.packing import Packing
-
-
-def _bounds(sizes: tuple[int, ...]) -> list[tuple[int, int]]:
-    bounds, row = [], 0
-    for n in sizes:
-        bounds.append((row, row + n))
-        row += n
-    return bounds
+from issf.model.packing import Packing, bounds
 
 
 class PackedAttention(torch.autograd.Function):
@@ -34,7 +26,7 @@ class PackedAttention(torch.autograd.Function):
             q, k = queries.to(dtype), keys.to(dtype)
             out = q.new_empty(q.shape[0], k.shape[1])
             probs = []
-            for (r0, r1), (k0, k1) in zip(_bounds(lengths), _bounds(counts)):
+            for (r0, r1), (k0, k1) in zip(bounds(lengths), bounds(counts)):
                 if k1 == k0 or weight == 0.0:
                     out[r0:r1].zero_()
                     probs.append(None)
@@ -46,7 +38,7 @@ class PackedAttention(torch.autograd.Function):
                 probs.append(a)
         ctx.save_for_backward(q, k)
         ctx.probs, ctx.weight = probs, weight
-        ctx.bounds = list(zip(_bounds(lengths), _bounds(counts)))
+        ctx.bounds = list(zip(bounds(lengths), bounds(counts)))
         return out
 
     @staticmethod

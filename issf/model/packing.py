@@ -12,6 +12,15 @@ from dataclasses import dataclass
 import torch
 
 
+def bounds(sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(first, end) row of each block of a packed tensor holding blocks of ``sizes`` rows."""
+    out, row = [], 0
+    for n in sizes:
+        out.append((row, row + n))
+        row += n
+    return out
+
+
 @dataclass(frozen=True)
 class Packing:
     mask: torch.Tensor  # [B, T] valid snippets
@@ -24,11 +33,7 @@ class Packing:
     @property
     def starts(self) -> list[int]:
         """First row of every video (videos of length 0 included)."""
-        starts, row = [], 0
-        for n in self.lengths:
-            starts.append(row)
-            row += n
-        return starts
+        return [first for first, _ in bounds(self.lengths)]
 
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
         """[B, T, ...] -> [S, ...], S = total valid snippets."""
