@@ -69,9 +69,13 @@ def run_epoch(
     return time.perf_counter() - start, time.process_time() - cpu_start, snippets
 
 
-def bench_mode(path: Path, batch_size: int, device: torch.device, epochs: int, amp: bool = False) -> dict:
+def bench_mode(
+    path: Path, batch_size: int, device: torch.device, epochs: int, amp: bool = False, workers: int = 0
+) -> dict:
     torch.manual_seed(0)
-    dm = FeatureDataModule(str(path), batch_size=batch_size, eval_batch_size=16, bucket=batch_size > 1)
+    dm = FeatureDataModule(
+        str(path), batch_size=batch_size, eval_batch_size=16, bucket=batch_size > 1, num_workers=workers
+    )
     dm.setup()
     net = ISSF(ISSFConfig(num_classes=dm.file.num_classes, input_dim=dm.feature_dim)).to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=5e-5, betas=(0.9, 0.99), weight_decay=5e-4, fused=True)
@@ -108,6 +112,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--modes", default="batched,single")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
     parser.add_argument("--quick", action="store_true", help="40 videos instead of 200")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: in-process)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -115,11 +120,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     entries = []
     for mode in args.modes.split(","):
         batch = 10 if mode == "batched" else 1
-        result = bench_mode(path, batch, device, args.epochs, args.amp)
+        result = bench_mode(path, batch, device, args.epochs, args.amp, args.workers)
         entry = {
             "benchmark": "train_epoch", "case": f"thumos_scale_{mode}_B{batch}" + ("_quick" if args.quick else ""),
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-            "threads": args.threads, "amp_bf16": args.amp, "layouts": layouts, **result,
+            "threads": args.threads, "workers": args.workers, "amp_bf16": args.amp, "layouts": layouts, **result,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         if device.type == "cuda":

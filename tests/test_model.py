@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 
 import pytest
 import torch
@@ -16,18 +17,25 @@ from tests.conftest import padded_batch
 
 DIM, C = 24, 5
 LENGTHS = [1, 2, 3, 4, 37, 64, 300]
+# ISSF_TEST_DEVICE=cuda runs these tests on a GPU (bench/gpu_check.sh)
+DEVICE = torch.device(os.environ.get("ISSF_TEST_DEVICE", "cpu"))
+
+
+def batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    x, mask = padded_batch(lengths, DIM, seed=seed)
+    return x.to(DEVICE), mask.to(DEVICE)
 
 
 def make_net(**kw) -> ISSF:
     torch.manual_seed(0)
-    return ISSF(ISSFConfig(input_dim=DIM, embed_dim=DIM, num_classes=C, dropout=0.0, **kw))
+    return ISSF(ISSFConfig(input_dim=DIM, embed_dim=DIM, num_classes=C, dropout=0.0, **kw)).to(DEVICE)
 
 
 def labels_for(n: int) -> torch.Tensor:
     y = torch.zeros(n, C)
     y[torch.arange(n), torch.arange(n) % C] = 1
     y[0, (1 % C)] = 1  # a two-class video
-    return y
+    return y.to(DEVICE)
 
 
 def fill_memory(net: ISSF) -> None:
@@ -39,12 +47,12 @@ def fill_memory(net: ISSF) -> None:
 
 def first_snippet_batch() -> tuple[torch.Tensor, torch.Tensor]:
     """Videos whose first snippet has the largest difference (so it is selected and wraps)."""
-    x, mask = padded_batch(LENGTHS, DIM, seed=1)
+    x, mask = batch(LENGTHS, seed=1)
     x[:, 0] += 5.0
     return x * mask[..., None], mask
 
 
-@pytest.mark.parametrize("batch_fn", [lambda: padded_batch(LENGTHS, DIM), first_snippet_batch])
+@pytest.mark.parametrize("batch_fn", [lambda: batch(LENGTHS), first_snippet_batch])
 @pytest.mark.parametrize("compat_class0", [False, True])
 def test_batched_equals_single_video(batch_fn, compat_class0):
     net = make_net(compat=CompatConfig(memory_class0=compat_class0)).eval()
@@ -82,7 +90,7 @@ def test_first_snippet_selected_wraps_to_last_valid_snippet():
 @pytest.mark.parametrize("seed", range(5))
 def test_saliency_mask_properties(seed):
     lengths = [2, 3, 4, 5, 9, 50, 131]
-    x, mask = padded_batch(lengths, DIM, seed=seed)
+    x, mask = batch(lengths, seed=seed)
     for ratio in (0.1, 0.5, 0.9):
         sal = salient_mask(x, mask, ratio)
         diff = temporal_difference(x, mask)
@@ -100,7 +108,7 @@ def test_saliency_mask_properties(seed):
 
 def test_empty_salient_set_gives_zero_refined_features():
     net = make_net(non_salient_branch=False).eval()
-    x, mask = padded_batch([3], DIM)  # K = 0
+    x, mask = batch([3])  # K = 0
     out = net(x, mask)
     assert not out.salient.any()
     assert torch.all(out.fused == 0)
@@ -125,8 +133,8 @@ def test_memory_update_keeps_top_scores_and_ema():
 def test_compat_class0_updates_class0_once_per_gt_class():
     net = make_net(compat=CompatConfig(memory_class0=True)).train()
     net.memory.initialized.fill_(True)
-    x, mask = padded_batch([40], DIM, seed=2)
-    y = torch.zeros(1, C)
+    x, mask = batch([40], seed=2)
+    y = torch.zeros(1, C, device=DEVICE)
     y[0, [2, 3]] = 1
     net.losses(x, mask, y, epoch=3)
     assert net.memory.scores[0].sum() > 0
@@ -144,7 +152,7 @@ def test_compat_class0_updates_class0_once_per_gt_class():
 
 def test_batched_memory_updates_follow_loader_order():
     lengths = [30, 12, 45, 20]
-    x, mask = padded_batch(lengths, DIM, seed=4)
+    x, mask = batch(lengths, seed=4)
     y = labels_for(len(lengths))
     y[:, 0] = 1  # every video updates class 0, so order matters
     batched = make_net().eval()
@@ -160,7 +168,7 @@ def test_batched_memory_updates_follow_loader_order():
 
 def test_gradient_of_summed_batch_equals_accumulated_single_steps():
     lengths = [5, 17, 33, 8, 60, 2, 41, 12, 25, 70]
-    x, mask = padded_batch(lengths, DIM, seed=5)
+    x, mask = batch(lengths, seed=5)
     y = labels_for(len(lengths))
     batched = make_net().train()  # dropout 0: identical masks by construction
     fill_memory(batched)
@@ -191,9 +199,9 @@ def test_every_switch_combination_trains(values):
             ISSFConfig(input_dim=DIM, embed_dim=DIM, num_classes=C, **flags)
         return
     torch.manual_seed(0)
-    net = ISSF(ISSFConfig(input_dim=DIM, embed_dim=DIM, num_classes=C, dropout=0.5, **flags)).train()
+    net = ISSF(ISSFConfig(input_dim=DIM, embed_dim=DIM, num_classes=C, dropout=0.5, **flags)).to(DEVICE).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x, mask = padded_batch([1, 2, 9, 16], DIM)
+    x, mask = batch([1, 2, 9, 16])
     y = labels_for(4)
     before = [p.detach().clone() for p in net.parameters()]
     for epoch in (0, 1, 2):
@@ -219,7 +227,7 @@ def test_every_switch_combination_trains(values):
 def test_very_short_videos_train_and_infer(length):
     net = make_net().train()
     fill_memory(net)
-    x, mask = padded_batch([length], DIM)
+    x, mask = batch([length])
     terms, _ = net.losses(x, mask, labels_for(1), epoch=3)
     terms["total"].sum().backward()
     assert torch.isfinite(terms["total"]).all()
@@ -243,13 +251,13 @@ def test_memory_is_in_the_state_dict_and_survives_a_round_trip(tmp_path):
 def test_bf16_autocast_keeps_heads_and_losses_in_fp32():
     net = make_net().train()
     fill_memory(net)
-    x, mask = padded_batch([7, 20], DIM)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    x, mask = batch([7, 20])
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         terms, out = net.losses(x, mask, labels_for(2), epoch=3)
     assert out.base.logits.dtype == torch.float32 and out.saliency.video_fg.dtype == torch.float32
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in terms.values())
     reference, _ = net.eval().losses(x, mask, labels_for(2), epoch=3, update_memory=False)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         mixed, _ = net.losses(x, mask, labels_for(2), epoch=3, update_memory=False)
     assert torch.allclose(mixed["total"], reference["total"], rtol=0.05, atol=0.05)
 
@@ -258,12 +266,12 @@ def test_scaled_cosine_gradient_matches_finite_differences():
     from issf.model.head import ScaledCosine, _normalize
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 7, 5, dtype=torch.double, generator=g).requires_grad_()
-    c = torch.randn(3, 5, dtype=torch.double, generator=g).requires_grad_()
+    x = torch.randn(2, 7, 5, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
+    c = torch.randn(3, 5, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: ScaledCosine.apply(a, _normalize(b), 20.0), (x, c))
     reference = 20.0 * (x @ _normalize(c).T) / (x.norm(dim=-1, keepdim=True) + 1e-9)
     assert torch.allclose(ScaledCosine.apply(x, _normalize(c), 20.0), reference)
-    zero = torch.zeros(2, 5, requires_grad=True)  # all-zero snippets (ReLU + dropout) stay finite
+    zero = torch.zeros(2, 5, device=DEVICE, requires_grad=True)  # all-zero snippets (ReLU + dropout) stay finite
     ScaledCosine.apply(zero, _normalize(c.float().detach()), 20.0).sum().backward()
     assert torch.isfinite(zero.grad).all()
 
@@ -290,8 +298,8 @@ def test_packed_attention_matches_per_video_softmax_attention(weight):
 
     g = torch.Generator().manual_seed(0)
     lengths, counts = (3, 1, 4, 2), (2, 0, 3, 1)  # the second video has an empty key set
-    q = torch.randn(sum(lengths), 5, dtype=torch.double, generator=g).requires_grad_()
-    k = torch.randn(sum(counts), 5, dtype=torch.double, generator=g).requires_grad_()
+    q = torch.randn(sum(lengths), 5, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
+    k = torch.randn(sum(counts), 5, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: packed_attention(a, b, lengths, counts, weight), (q, k))
     rows = []
     for qv, kv in zip(q.split(lengths), k.split(counts)):
@@ -304,8 +312,8 @@ def test_segment_pool_matches_per_video_products():
 
     g = torch.Generator().manual_seed(0)
     lengths = (3, 1, 5)
-    w = torch.rand(sum(lengths), 4, dtype=torch.double, generator=g).requires_grad_()
-    f = torch.randn(sum(lengths), 6, dtype=torch.double, generator=g).requires_grad_()
+    w = torch.rand(sum(lengths), 4, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
+    f = torch.randn(sum(lengths), 6, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: SegmentPool.apply(a, b, lengths), (w, f))
     reference = torch.stack([a.T @ b for a, b in zip(w.split(lengths), f.split(lengths))])
     assert torch.allclose(SegmentPool.apply(w, f, lengths), reference)

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The GPU checks of the model, as one script for a lent GPU machine (see bench/README.md):
+# the model tests on CUDA, then the THUMOS-scale epoch benchmark in fp32 and with bf16 autocast.
+# Needs ../shared (or ISSF_SHARED) for the THUMOS'14 durations; otherwise a synthetic layout is used.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+ISSF_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider tests/test_model.py
+"$PY" bench/bench_train.py --device cuda --threads 8 --workers 4 --epochs 5 --modes batched,single
+"$PY" bench/bench_train.py --device cuda --threads 8 --workers 4 --epochs 5 --modes batched --amp
