@@ -39,4 +39,5 @@ class Embedding(nn.Module):
             return hidden, hidden
         if hidden.device.type != "cpu":  # fused and exact on accelerators
             return hidden, self.dropout(hidden)
-        return hidden, hidden * dropout_mask(hidden.shape, p, hidden.device).to(hidden.dtype)
+        # the fp32 mask keeps 1 / (1 - p) exact also for bf16 activations (the product is fp32 then)
+        return hidden, hidden * dropout_mask(hidden.shape, p, hidden.device)
