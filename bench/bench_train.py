@@ -50,16 +50,17 @@ def thumos_scale_data(quick: bool) -> tuple[Path, str]:
 
 
 def run_epoch(
-    net: ISSF, opt: torch.optim.Optimizer, loader, device: torch.device, epoch: int
+    net: ISSF, opt: torch.optim.Optimizer, loader, device: torch.device, epoch: int, amp: bool = False
 ) -> tuple[float, float, int]:
-    """Wall seconds, process CPU seconds and snippets of one training epoch."""
+    """Wall seconds, process CPU seconds and snippets of one training epoch (bf16 autocast with ``amp``)."""
     snippets = 0
     if device.type == "cuda":
         torch.cuda.synchronize()
     start, cpu_start = time.perf_counter(), time.process_time()
     for batch in loader:
         x, mask, y = (batch[k].to(device, non_blocking=True) for k in ("features", "mask", "labels"))
-        terms, _ = net.losses(x, mask, y, epoch)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            terms, _ = net.losses(x, mask, y, epoch)
         opt.zero_grad(set_to_none=True)
         terms["total"].sum().backward()
         opt.step()
@@ -79,22 +80,19 @@ def bench_mode(
     dm.setup()
     net = ISSF(ISSFConfig(num_classes=dm.file.num_classes, input_dim=dm.feature_dim)).to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=5e-5, betas=(0.9, 0.99), weight_decay=5e-4, fused=True)
-    net.eval()
-    with torch.no_grad():  # memory initialisation pass, so that the timed epochs use the memory branch
-        for batch in dm.memory_init_dataloader():
-            net.insert_into_memory(batch["features"].to(device), batch["mask"].to(device),
-                                   batch["labels"].to(device), epoch=1)
+    net.eval()  # memory initialisation pass, so that the timed epochs use the memory branch
+    for batch in dm.memory_init_dataloader():
+        net.insert_into_memory(batch["features"].to(device), batch["mask"].to(device),
+                               batch["labels"].to(device), epoch=1)
     net.memory.initialized.fill_(True)
     net.train()
     loader = dm.train_dataloader()
-    loader.batch_sampler.set_epoch(epochs)  # an order the timed epochs do not use
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):  # warm-up: heap growth, kernels
-        warmup, _, _ = run_epoch(net, opt, loader, device, epoch=2)
+    loader.batch_sampler.set_epoch(epochs)  # warm-up (heap growth, kernels) in an order the timed epochs do not use
+    warmup, _, _ = run_epoch(net, opt, loader, device, epoch=2, amp=amp)
     times, cpu_times = [], []
     for e in range(epochs):
         loader.batch_sampler.set_epoch(e)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            seconds, cpu_seconds, snippets = run_epoch(net, opt, loader, device, epoch=2 + e)
+        seconds, cpu_seconds, snippets = run_epoch(net, opt, loader, device, epoch=2 + e, amp=amp)
         times.append(seconds)
         cpu_times.append(cpu_seconds)
     best = min(times)

@@ -65,16 +65,17 @@ def detection_rows(detections: Detections, gt: GroundTruth, max_rows: int | None
     ]
 
 
+def table_cell(v: float | None) -> float | None:
+    """A number for a W&B table: missing or NaN -> None."""
+    return None if v is None or math.isnan(float(v)) else float(v)
+
+
 def summary_rows(rows: dict[str, dict[str, float]]) -> tuple[list[str], list[list[Any]]]:
     """Columns ``["row", *metrics]`` and one row per entry of ``rows`` (missing or NaN -> None)."""
     metrics: list[str] = []
     for values in rows.values():
         metrics += [k for k in values if k not in metrics]
-
-    def cell(v: float | None) -> float | None:
-        return None if v is None or math.isnan(float(v)) else float(v)
-
-    return ["row", *metrics], [[name, *(cell(values.get(m)) for m in metrics)] for name, values in rows.items()]
+    return ["row", *metrics], [[name, *(table_cell(values.get(m)) for m in metrics)] for name, values in rows.items()]
 
 
 def video_timeline(pl_module: Any, features: np.ndarray, gt: GroundTruth, v: int,
@@ -204,7 +205,7 @@ class DiagnosticPlots(pl.Callback):
 
         gt = results["ground_truth"]
         columns, rows = summary_rows({tag: results["summary"], "whole-video baseline": results.get("baseline", {})})
-        per_class = [[k, None if math.isnan(float(v)) else float(v)] for k, v in results["per_class"].items()]
+        per_class = [[k, table_cell(v)] for k, v in results["per_class"].items()]
         self._log_wandb(trainer, {
             f"{tag}/detections": wandb.Table(
                 columns=DETECTION_COLUMNS, data=detection_rows(results["detections"], gt, self.max_table_rows)),

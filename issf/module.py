@@ -173,8 +173,6 @@ class ISSFModule(pl.LightningModule):
         class-agnostic attention [T], temporal differences [T], salient mask [T] and, when the
         memory is initialised, the memory branch's snippet logits [T, C+1] (pseudo-label source),
         read with the video's ``labels`` (multi-hot; default: the top predicted class)."""
-        from issf.model.saliency import temporal_difference
-
         x = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=self.device)[None]
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=self.device)
         was = self.net.training
@@ -182,9 +180,8 @@ class ISSFModule(pl.LightningModule):
         scores, cas, out = self.net.predict(x, mask)
         result = {"video_scores": scores[0].cpu().numpy(), "cas": cas[0].cpu().numpy(),
                   "attention": out.base.attention[0].cpu().numpy()}
-        if out.salient is not None:
-            hidden, _ = self.net.embedding(x)
-            result["saliency"] = temporal_difference(hidden, mask)[0].cpu().numpy()
+        if out.salient is not None:  # in eval mode the differences are those of the pre-dropout features
+            result["saliency"] = out.differences[0].cpu().numpy()
             result["salient"] = out.salient[0].cpu().numpy()
         if self.net_cfg.memory and bool(self.net.memory.initialized):
             if labels is None:

@@ -95,7 +95,7 @@ class InteractionUnit(nn.Module):
 
     def forward(self, features: torch.Tensor, member: torch.Tensor, packing: Packing, weight: float = 1.0) -> torch.Tensor:
         """Refined packed features [S, D], times ``weight``: every snippet attends over the members
-        ([B, T] bool) of its video's set. The gate runs once on all members of the batch; the attention runs video
-        by video on views, so that its quadratic cost is never spent on padding."""
+        ([B, T] bool) of its video's set. The gate runs once on all members of the batch; the
+        attention runs video by video, so that its quadratic cost is never spent on padding."""
         keys = self.enhance(features[packing.pack(member)])
         return packed_attention(features, keys, packing.lengths, tuple(member.sum(1).tolist()), weight)

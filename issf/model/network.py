@@ -30,6 +30,7 @@ class ForwardOutput:
     saliency: BranchOutput | None = None
     packing: Packing | None = None  # row layout of the packed tensors below
     fused: torch.Tensor | None = None  # [S, D] refined features F~ (packed)
+    differences: torch.Tensor | None = None  # [B, T] temporal differences the saliency ranked (0 at padding)
     salient: torch.Tensor | None = None  # [B, T] salient indicator
     candidates: torch.Tensor | None = None  # [S, D] features the memory would store (packed)
     candidate_scores: torch.Tensor | None = None  # [S, C+1] their class scores (packed)
@@ -68,7 +69,7 @@ class ISSF(nn.Module):
         if cfg.non_salient_branch:
             fused = fused + self.non_salient_unit(features, mask & ~salient, packing, weight=cfg.lamb)
         out.saliency = self.head(fused, packing)
-        out.fused, out.salient = fused, salient
+        out.fused, out.differences, out.salient = fused, diff, salient
         if cfg.memory:
             stored = features if cfg.compat.memory_store_post_dropout else hidden
             out.candidates = stored.detach()
@@ -84,8 +85,12 @@ class ISSF(nn.Module):
         return [(f[m], s[m]) for f, s, m in zip(feats, scores, member)]
 
     # ------------------------------------------------------------------ memory
+    @staticmethod
+    def _label_classes(labels: torch.Tensor) -> list[list[int]]:
+        return [torch.nonzero(row > 0).flatten().tolist() for row in labels]
+
     def _memory_classes(self, labels: torch.Tensor) -> list[list[int]]:
-        classes = [torch.nonzero(row > 0).flatten().tolist() for row in labels]
+        classes = self._label_classes(labels)
         if self.cfg.compat.memory_class0:
             return [[0] * len(c) for c in classes]
         return classes
@@ -112,8 +117,8 @@ class ISSF(nn.Module):
     def insert_into_memory(self, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, epoch: int) -> None:
         """Initialisation pass (call in eval mode): salient features into each video's GT classes."""
         out = self.forward(x, mask)
-        for (feats, scores), row in zip(self._salient_candidates(out), labels):
-            self.memory.update(feats, scores, torch.nonzero(row > 0).flatten().tolist(), epoch)
+        for (feats, scores), classes in zip(self._salient_candidates(out), self._label_classes(labels)):
+            self.memory.update(feats, scores, classes, epoch)
 
     def memory_active(self, epoch: int) -> bool:
         return self.cfg.memory and epoch >= self.cfg.memory_start_epoch and bool(self.memory.initialized)

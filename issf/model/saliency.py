@@ -13,8 +13,7 @@ def packed_differences(features: torch.Tensor, packing: Packing) -> torch.Tensor
     diff = features.new_empty(features.shape[0])
     if features.shape[0] == 0:
         return diff
-    diff[0] = features[0].abs().sum()
-    diff[1:] = (features[1:] - features[:-1]).abs_().sum(-1)
+    diff[1:] = (features[1:] - features[:-1]).abs_().sum(-1)  # rows that start a video are set below
     starts = torch.as_tensor([s for s, n in zip(packing.starts, packing.lengths) if n], device=features.device)
     diff[starts] = features[starts].abs().sum(-1)
     return diff
