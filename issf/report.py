@@ -12,6 +12,7 @@ import numpy as np
 import yaml
 
 SEED_KEYS = ("seed",)
+CURVE_METRICS = ("AVG(0.1:0.7)", "AVG")  # the first one a run logged is the curve's metric
 
 
 def _job_overrides(job_dir: Path) -> list[str]:
@@ -32,7 +33,8 @@ def collect_runs(multirun_dir: str | os.PathLike, split: str = "test") -> list[d
         metrics = json.loads(metrics_path.read_text())
         if split not in metrics:
             raise KeyError(f"{metrics_path}: no '{split}' entry (keys: {sorted(metrics)})")
-        runs.append({"config": key, "seed": seed, "job": metrics_path.parent.name, "metrics": metrics[split]})
+        runs.append({"config": key, "seed": seed, "job": metrics_path.parent.name, "metrics": metrics[split],
+                     "curve": read_curve(metrics_path.parent / "csv" / "metrics.csv")})
     if not runs:
         raise FileNotFoundError(f"{root}: no */metrics.json found (is this a multirun directory?)")
     # overrides shared by every job (e.g. sweep=ablation) do not name a configuration
@@ -40,6 +42,58 @@ def collect_runs(multirun_dir: str | os.PathLike, split: str = "test") -> list[d
     for r in runs:
         r["config"] = " ".join(o for o in r["config"].split() if o not in common) or "default"
     return runs
+
+
+def read_curve(csv_path: Path) -> dict[int, float]:
+    """Validation curve {epochs trained: value} of the first of ``CURVE_METRICS`` in a run's CSV log
+    (empty when the run has no CSV log or never evaluated)."""
+    if not csv_path.exists():
+        return {}
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for name in CURVE_METRICS:
+        column = f"val/{name}"
+        points = {int(r["epoch"]) + 1: float(r[column]) for r in rows if r.get(column) not in (None, "")}
+        if points:
+            return points
+    return {}
+
+
+def summarize_curves(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per configuration: the last and the best evaluation (mean, sample std over seeds) and the
+    seed-mean curve, its best epoch and how much it loses from its best evaluation to its last."""
+    by_config: dict[str, list[dict[int, float]]] = {}
+    for run in runs:
+        if run["curve"]:
+            by_config.setdefault(run["config"], []).append(run["curve"])
+    rows = []
+    for config, curves in by_config.items():
+        epochs = sorted(set.intersection(*(set(c) for c in curves)))
+        if not epochs:
+            continue
+        values = np.asarray([[c[e] for e in epochs] for c in curves], dtype=np.float64)
+        mean_curve = values.mean(0)
+        ddof = 1 if len(curves) > 1 else 0
+        best = int(mean_curve.argmax())
+        rows.append({
+            "config": config, "n": len(curves), "epochs": epochs, "mean_curve": mean_curve.tolist(),
+            "last": (float(values[:, -1].mean()), float(values[:, -1].std(ddof=ddof))),
+            "best": (float(values.max(1).mean()), float(values.max(1).std(ddof=ddof))),
+            "curve_best_epoch": epochs[best], "curve_drop": float(mean_curve[best] - mean_curve[-1]),
+        })
+    return rows
+
+
+def curves_to_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| configuration | seeds | last evaluation | best of evaluations | seed-mean curve: best (epoch) "
+             "| seed-mean curve: best - last | seed-mean curve |", "|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        curve = " ".join(f"{v:.1f}" for v in r["mean_curve"])
+        best = max(r["mean_curve"])
+        lines.append(f"| {r['config']} | {r['n']} | {r['last'][0]:.2f} ± {r['last'][1]:.2f} "
+                     f"| {r['best'][0]:.2f} ± {r['best'][1]:.2f} | {best:.2f} ({r['curve_best_epoch']}) "
+                     f"| {r['curve_drop']:.2f} | {curve} |")
+    return "\n".join(lines) + "\n"
 
 
 def summarize_runs(runs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -75,6 +129,11 @@ def write_report(multirun_dir: str | os.PathLike, output_dir: str | os.PathLike 
     out = Path(output_dir or multirun_dir)
     out.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(columns, table)
+    curves = summarize_curves(runs)
+    if curves:
+        epochs = curves[0]["epochs"]
+        markdown += (f"\nValidation curve, {CURVE_METRICS[0]} (or AVG) at epochs {', '.join(map(str, epochs))}:\n\n"
+                     + curves_to_markdown(curves))
     (out / "report.md").write_text(markdown)
     with open(out / "report.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -82,4 +141,4 @@ def write_report(multirun_dir: str | os.PathLike, output_dir: str | os.PathLike 
         for row in table:
             writer.writerow([row["config"], row["n"]] + [x for c in columns for x in row["stats"][c]])
     print(markdown)
-    return {"markdown": markdown, "columns": columns, "rows": table, "runs": runs}
+    return {"markdown": markdown, "columns": columns, "rows": table, "runs": runs, "curves": curves}

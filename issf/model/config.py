@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# How the memory branch reads (and fills) the memory; see ISSF.memory_branch.
+MEMORY_READS = ("class0", "gt_classes", "all_classes", "shared")
+
 
 @dataclass
 class CompatConfig:
@@ -13,7 +16,7 @@ class CompatConfig:
     turns every flag on to reproduce the released code.
     """
 
-    memory_class0: bool = False  # B1: memory reads/updates class 0 for every GT class
+    memory_class0: bool = False  # B1: memory reads/updates class 0 for every GT class (= memory_read: class0)
     wrap_last: bool = True  # B3: snippet 0 selected -> predecessor index -1 wraps to the last snippet
     saliency_after_dropout: bool = True  # B5: temporal differences on post-dropout features
     memory_store_post_dropout: bool = True  # B11: training updates insert post-dropout features
@@ -40,6 +43,11 @@ class ISSFConfig:
     lamb: float = 0.12  # weight of the non-salient IIU output
     reduce: int = 4  # channel-MLP reduction
     memory_slots: int = 9  # N per class
+    # class0: the released read/update of class 0's slots for every video (B1); gt_classes: the slots
+    # of the video's ground-truth classes; all_classes: every class's slots; shared: one
+    # class-agnostic bank of N slots ranked by each candidate's best ground-truth-class score
+    memory_read: str = "gt_classes"
+    memory_residual: bool = False  # memory feature = query + read (keeps it snippet-specific)
     memory_init_epoch: int = 1  # eval-mode initialisation pass at the end of this epoch
     memory_ema_epoch: int = 85  # EMA blending for epoch index > this
     schedule_epochs: int = 180  # E in the EMA coefficient m = 0.5 ln(exp(t/E) + 1)
@@ -59,6 +67,15 @@ class ISSFConfig:
             self.compat = CompatConfig(**self.compat)
         if not 0.0 < self.saliency_ratio <= 1.0:
             raise ValueError(f"saliency_ratio must be in (0, 1], got {self.saliency_ratio}")
+        if self.memory_read not in MEMORY_READS:
+            raise ValueError(f"memory_read must be one of {MEMORY_READS}, got {self.memory_read!r}")
+        if self.compat.memory_class0:
+            if self.memory_read not in ("class0", type(self).memory_read):  # the default yields
+                raise ValueError(
+                    f"compat.memory_class0=true is memory_read=class0; it cannot be combined with "
+                    f"memory_read={self.memory_read}"
+                )
+            self.memory_read = "class0"
         if self.memory and not self.saliency:
             raise ValueError("memory=true needs saliency=true (the memory stores salient snippet-features)")
 

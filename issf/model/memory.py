@@ -36,24 +36,17 @@ class SalientMemory(nn.Module):
         return self.slots[idx].reshape(-1, self.slots.shape[-1]).detach()
 
     @torch.no_grad()
-    def update(
-        self, features: torch.Tensor, class_scores: torch.Tensor, classes: Sequence[int], epoch: int,
-        score_classes: Sequence[int] | None = None,
-    ) -> None:
-        """Insert candidates ``features`` [n, D] with ``class_scores`` [n, C(+1)] into each class.
-
-        ``score_classes`` (default: ``classes``) selects the score column used for each target
-        class; compat mode writes class 0 ranked by class-0 scores once per GT class.
-        """
-        score_classes = classes if score_classes is None else score_classes
+    def update(self, features: torch.Tensor, class_scores: torch.Tensor, classes: Sequence[int], epoch: int) -> None:
+        """Insert candidates ``features`` [n, D] into each row ``c`` of ``classes``, ranked by
+        their score column ``class_scores[:, c]`` ([n, >= c + 1])."""
         if features.shape[0] == 0:
             return
         features = features.detach().to(self.slots.dtype)
         class_scores = class_scores.detach().to(self.scores.dtype)
         n = self.slots.shape[1]
-        for c, s in zip(classes, score_classes):
+        for c in classes:
             pool_feat = torch.cat([self.slots[c], features])
-            pool_score = torch.cat([self.scores[c], class_scores[:, s]])
+            pool_score = torch.cat([self.scores[c], class_scores[:, c]])
             top = torch.argsort(pool_score, descending=True, stable=True)[:n]
             if epoch > self.ema_epoch:
                 m = ema_momentum(epoch, self.schedule_epochs)

@@ -49,8 +49,9 @@ class ISSF(nn.Module):
             if cfg.non_salient_branch:
                 self.non_salient_unit = InteractionUnit(cfg.embed_dim, cfg.reduce, cfg.channel_interaction)
         if cfg.memory:
+            rows = 1 if cfg.memory_read == "shared" else cfg.num_classes
             self.memory = SalientMemory(
-                cfg.num_classes, cfg.memory_slots, cfg.embed_dim, cfg.memory_ema_epoch, cfg.schedule_epochs
+                rows, cfg.memory_slots, cfg.embed_dim, cfg.memory_ema_epoch, cfg.schedule_epochs
             )
 
     # ------------------------------------------------------------------ forward
@@ -89,11 +90,26 @@ class ISSF(nn.Module):
     def _label_classes(labels: torch.Tensor) -> list[list[int]]:
         return [torch.nonzero(row > 0).flatten().tolist() for row in labels]
 
-    def _memory_classes(self, labels: torch.Tensor) -> list[list[int]]:
-        classes = self._label_classes(labels)
-        if self.cfg.compat.memory_class0:
-            return [[0] * len(c) for c in classes]
+    def _read_rows(self, classes: list[int]) -> list[int]:
+        """Memory rows one video's snippets read (``classes``: its ground-truth classes)."""
+        read = self.cfg.memory_read
+        if read == "class0":  # the released code: class 0 once per GT class (B1)
+            return [0] * len(classes)
+        if read == "shared":
+            return [0]
+        if read == "all_classes":
+            return list(range(self.cfg.num_classes))
         return classes
+
+    def _write_args(self, scores: torch.Tensor, classes: list[int], init: bool = False):
+        """Scores and memory rows one video's candidates are inserted with. The released
+        initialisation pass writes the ground-truth classes also in class-0 mode."""
+        read = self.cfg.memory_read
+        if read == "class0" and not init:
+            return scores, [0] * len(classes)
+        if read == "shared":  # one bank, ranked by the candidate's best ground-truth-class score
+            return scores[:, classes].amax(1, keepdim=True), [0]
+        return scores, classes
 
     def memory_branch(
         self, out: ForwardOutput, labels: torch.Tensor, epoch: int, update: bool = True
@@ -103,14 +119,17 @@ class ISSF(nn.Module):
         assert out.fused is not None and out.candidates is not None
         keys, counts = [], []
         candidates = self._salient_candidates(out) if update else []
-        for b, classes in enumerate(self._memory_classes(labels)):
-            keys.append(self.memory.read(classes).float())  # a copy: later updates do not change it
+        for b, classes in enumerate(self._label_classes(labels)):
+            keys.append(self.memory.read(self._read_rows(classes)).float())  # a copy: later updates do not change it
             counts.append(len(keys[-1]))
             if update:
                 feats, scores = candidates[b]
-                self.memory.update(feats, scores, classes, epoch)
-                out.memory_updates.append((feats, scores, classes))
+                scores, rows = self._write_args(scores, classes)
+                self.memory.update(feats, scores, rows, epoch)
+                out.memory_updates.append((feats, scores, rows))
         read = packed_attention(out.fused, torch.cat(keys), out.packing.lengths, tuple(counts))
+        if self.cfg.memory_residual:
+            read = read + out.fused
         return self.head(read, out.packing)
 
     @torch.no_grad()
@@ -118,7 +137,7 @@ class ISSF(nn.Module):
         """Initialisation pass (call in eval mode): salient features into each video's GT classes."""
         out = self.forward(x, mask)
         for (feats, scores), classes in zip(self._salient_candidates(out), self._label_classes(labels)):
-            self.memory.update(feats, scores, classes, epoch)
+            self.memory.update(feats, *self._write_args(scores, classes, init=True), epoch)
 
     def memory_active(self, epoch: int) -> bool:
         return self.cfg.memory and epoch >= self.cfg.memory_start_epoch and bool(self.memory.initialized)
@@ -135,11 +154,10 @@ class ISSF(nn.Module):
         loss_fg = nce(out.base.video_fg, fg)
         loss_bg = nce(out.base.video_bg, bg)
         terms: dict[str, torch.Tensor] = {}
-        teacher = None
+        mem = None
         if out.saliency is not None:
             loss_fg = loss_fg + nce(out.saliency.video_fg, fg)
             loss_bg = loss_bg + nce(out.saliency.video_bg, bg)
-            teacher = out.saliency.logits
         w_pl = cfg.w_pl
         if cfg.memory and epoch >= cfg.memory_start_epoch:
             w_pl = cfg.w_pl_memory
@@ -147,16 +165,23 @@ class ISSF(nn.Module):
             mem = self.memory_branch(out, labels, epoch, update=update_memory)
             loss_fg = loss_fg + cfg.w_memory * nce(mem.video_fg, fg)
             loss_bg = loss_bg + cfg.w_memory * nce(mem.video_bg, bg)
-            teacher = cfg.pl_memory_mix * mem.logits + (1.0 - cfg.pl_memory_mix) * out.saliency.logits
         terms["fg"] = loss_fg
         terms["bg"] = loss_bg
         terms["att"] = attention_loss(out.base.attention, mask, cfg.att_ratio)
         total = loss_fg + cfg.w_bg * loss_bg + cfg.w_att * terms["att"]
-        if cfg.pseudo_labels and teacher is not None:
-            terms["pl"] = pseudo_label_loss(out.base.logits, teacher, mask, cfg.tau)
+        if cfg.pseudo_labels and out.saliency is not None:
+            terms["pl"] = pseudo_label_loss(out.base.logits, self.pseudo_label_teacher(out, mem), mask, cfg.tau)
             total = total + w_pl * terms["pl"]
         terms["total"] = total
         return terms, out
+
+    def pseudo_label_teacher(self, out: ForwardOutput, memory: BranchOutput | None = None) -> torch.Tensor:
+        """Teacher snippet logits of the pseudo-label loss: the saliency branch's, mixed with the
+        memory branch's once the memory is read (S^ = mix S_mem + (1 - mix) S_sal)."""
+        if memory is None:
+            return out.saliency.logits
+        mix = self.cfg.pl_memory_mix
+        return mix * memory.logits + (1.0 - mix) * out.saliency.logits
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
