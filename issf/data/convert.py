@@ -45,6 +45,7 @@ import h5py
 import numpy as np
 
 from issf.data.h5 import VideoEntry, write_feature_file
+from issf.data.npy import load_npy
 from issf.data.validate import (
     ConversionReport,
     PrepareError,
@@ -123,18 +124,6 @@ def _describe(path: Path, *, digest: bool) -> dict[str, Any]:
     if digest:
         info["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     return info
-
-
-def _load_npy(path: Path, field: str, *, mmap: bool = False) -> np.ndarray:
-    try:
-        if mmap:
-            return np.load(path, mmap_mode="r")
-        # W-TALC stores object arrays, which only load through pickle: trusted sources only.
-        return np.load(path, allow_pickle=True)
-    except FileNotFoundError:
-        raise PrepareFileNotFoundError("file not found", file=path, field=field) from None
-    except Exception as exc:  # corrupt or not an .npy file
-        raise PrepareError(f"cannot read .npy ({type(exc).__name__}: {exc})", file=path, field=field) from None
 
 
 def _append(warnings: list[PrepareWarning], warning: PrepareWarning | None) -> None:
@@ -362,6 +351,7 @@ def convert_wtalc(
     output's (default: THUMOS ``validation->train, test->test`` or ActivityNet
     ``training->train, validation->test``, chosen by the subset names); unmapped videos are
     skipped and counted. The feature file is one pickled object array, so it is loaded whole.
+    Object arrays are unpickled by :func:`issf.data.npy.load_npy`, which never runs code from them.
     """
     _options_check(dtype=dtype, past_end=past_end)
     if labels_from not in ("video", "segments"):
@@ -379,7 +369,7 @@ def convert_wtalc(
         amb_path = folder / "Ambiguous_test.txt" if (folder / "Ambiguous_test.txt").is_file() else None
     _check_output(out_path, overwrite)
 
-    ann = {k: _load_npy(paths[k], k) for k in WTALC_FILES}
+    ann = {k: load_npy(paths[k], field=k) for k in WTALC_FILES}
     ids = [_text(v) for v in ann["videoname"]]
     n = len(ids)
     for k in ("subset", "duration", "labels_all", "segments", "labels"):
@@ -422,7 +412,7 @@ def convert_wtalc(
         videos.append(_Video(vid, mapping[subsets[i]], float(durations[i]), segs, seg_idx, labels, key=i))
     ambiguous = _read_ambiguous(amb_path) if amb_path is not None else {}
 
-    feats = _load_npy(paths["features"], "features")
+    feats = load_npy(paths["features"], field="features")
     if len(feats) != n:
         raise PrepareError(f"{len(feats)} feature arrays, but videoname.npy has {n} videos",
                            file=paths["features"], field="features")
@@ -499,7 +489,7 @@ def _read_class_names(class_names: Sequence[str] | str | os.PathLike) -> list[st
         path = Path(class_names)
         _stat(path, field="class_names")
         if path.suffix == ".npy":
-            return [_text(c) for c in _load_npy(path, "class_names")]
+            return [_text(c) for c in load_npy(path, field="class_names")]
         return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [str(c) for c in class_names]
 
@@ -650,7 +640,7 @@ def convert_per_video(
     ambiguous = _read_ambiguous(amb_path) if amb_path is not None else {}
 
     def load(v: _Video) -> list[_Part]:
-        return [(_load_npy(p, "features", mmap=True), p, "features") for p in feature_paths[v.video_id]]
+        return [(load_npy(p, field="features", mmap=True), p, "features") for p in feature_paths[v.video_id]]
 
     options = {"annotation_format": annotation_format, "splits": {k: str(p) for k, p in (splits or {}).items()},
                "subset_map": dict(subset_map) if subset_map is not None else None, "rgb_flow": rgb_flow,
