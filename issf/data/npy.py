@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
-from issf.data.validate import PrepareError, PrepareFileNotFoundError
+from issf.data.validate import PrepareError, PrepareFileNotFoundError, short_repr
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _multiarray
@@ -70,11 +70,6 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("persistent ids are not supported")
-
-
-def _short(x: Any, limit: int = 60) -> str:
-    text = repr(x)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_npy(path: str | os.PathLike, *, field: str, mmap: bool = False) -> np.ndarray:
@@ -128,7 +123,7 @@ def load_npy(path: str | os.PathLike, *, field: str, mmap: bool = False) -> np.n
                                file=path, field=field) from None
     if not isinstance(array, np.ndarray) or array.shape != shape or array.dtype != dtype:
         got = (f"an array of shape {array.shape} and dtype {array.dtype}" if isinstance(array, np.ndarray)
-               else f"{type(array).__name__} {_short(array)}")
+               else f"{type(array).__name__} {short_repr(array)}")
         raise PrepareError(f"the pickled contents are {got}, not the array of shape {shape} and dtype {dtype} "
                            "that the .npy header describes", file=path, field=field)
     return array
