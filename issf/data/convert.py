@@ -45,6 +45,7 @@ import h5py
 import numpy as np
 
 from issf.data.h5 import VideoEntry, write_feature_file
+from issf.data.npy import load_npy
 from issf.data.validate import (
     ConversionReport,
     PrepareError,
@@ -54,6 +55,7 @@ from issf.data.validate import (
     clip_intervals,
     empty_interval_warning,
     parse_intervals,
+    short_repr,
 )
 
 SNIPPET_SECONDS = 16 / 25
@@ -95,15 +97,48 @@ _Part = tuple[np.ndarray, Path, str]  # features, file, field
 # small helpers
 
 
-def _text(x: Any) -> str:
-    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+def _text(x: Any, *, file: str | os.PathLike, field: str, video: str | None = None, what: str = "") -> str:
+    """A string entry: str, or UTF-8 bytes (numpy's str_/bytes_ included); anything else is an error."""
+    if isinstance(x, str):
+        return str(x)
+    if isinstance(x, bytes):
+        try:
+            return x.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PrepareError(f"{what}not valid UTF-8 ({exc.reason} at byte {exc.start}): {short_repr(x)}",
+                               file=file, video=video, field=field) from None
+    raise PrepareError(f"{what}expected a string, got {type(x).__name__} {short_repr(x)}",
+                       file=file, video=video, field=field)
 
 
-def _names(x: Any) -> list[str]:
+def _names(x: Any, *, file: Path, video: str, field: str) -> list[str]:
     """A label entry: one name or a list of names."""
     if isinstance(x, (str, bytes)):
-        return [_text(x)]
-    return [_text(v) for v in x]
+        return [_text(x, file=file, video=video, field=field)]
+    if not (isinstance(x, (list, tuple)) or (isinstance(x, np.ndarray) and x.ndim == 1)):
+        raise PrepareError(f"expected a class name or a list of class names, got {type(x).__name__} {short_repr(x)}",
+                           file=file, video=video, field=field)
+    return [_text(v, file=file, video=video, field=field, what=f"entry {j}: ") for j, v in enumerate(x)]
+
+
+def _sized(x: np.ndarray, *, file: Path, field: str, per: str = "video") -> np.ndarray:
+    """An array with one entry per video (or class): at least 1-D."""
+    if x.ndim == 0:
+        raise PrepareError(f"expected one entry per {per}, got a 0-d array: {short_repr(x)}", file=file,
+                           field=field)
+    return x
+
+
+def _durations(raw: np.ndarray, ids: list[str], file: Path) -> np.ndarray:
+    """The first number of each video's entry (W-TALC stores [N, 1])."""
+    out = np.empty(len(ids), dtype=np.float64)
+    for i, vid in enumerate(ids):
+        try:
+            out[i] = np.asarray(raw[i], dtype=np.float64).reshape(-1)[0]
+        except (TypeError, ValueError, IndexError):
+            raise PrepareError(f"expected a number, got {short_repr(raw[i])}", file=file, video=vid,
+                               field="duration") from None
+    return out
 
 
 def _stat(path: Path, *, field: str, video: str | None = None, hint: str = "") -> os.stat_result:
@@ -123,18 +158,6 @@ def _describe(path: Path, *, digest: bool) -> dict[str, Any]:
     if digest:
         info["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     return info
-
-
-def _load_npy(path: Path, field: str, *, mmap: bool = False) -> np.ndarray:
-    try:
-        if mmap:
-            return np.load(path, mmap_mode="r")
-        # W-TALC stores object arrays, which only load through pickle: trusted sources only.
-        return np.load(path, allow_pickle=True)
-    except FileNotFoundError:
-        raise PrepareFileNotFoundError("file not found", file=path, field=field) from None
-    except Exception as exc:  # corrupt or not an .npy file
-        raise PrepareError(f"cannot read .npy ({type(exc).__name__}: {exc})", file=path, field=field) from None
 
 
 def _append(warnings: list[PrepareWarning], warning: PrepareWarning | None) -> None:
@@ -362,6 +385,7 @@ def convert_wtalc(
     output's (default: THUMOS ``validation->train, test->test`` or ActivityNet
     ``training->train, validation->test``, chosen by the subset names); unmapped videos are
     skipped and counted. The feature file is one pickled object array, so it is loaded whole.
+    Object arrays are unpickled by :func:`issf.data.npy.load_npy`, which never runs code from them.
     """
     _options_check(dtype=dtype, past_end=past_end)
     if labels_from not in ("video", "segments"):
@@ -379,19 +403,19 @@ def convert_wtalc(
         amb_path = folder / "Ambiguous_test.txt" if (folder / "Ambiguous_test.txt").is_file() else None
     _check_output(out_path, overwrite)
 
-    ann = {k: _load_npy(paths[k], k) for k in WTALC_FILES}
-    ids = [_text(v) for v in ann["videoname"]]
+    ann = {k: _sized(load_npy(paths[k], field=k), file=paths[k], field=k) for k in WTALC_FILES}
+    ids = [_text(v, file=paths["videoname"], field=f"videoname[{i}]") for i, v in enumerate(ann["videoname"])]
     n = len(ids)
     for k in ("subset", "duration", "labels_all", "segments", "labels"):
         if len(ann[k]) != n:
             raise PrepareError(f"{len(ann[k])} entries, but videoname.npy has {n}", file=paths[k], field=k)
     _check_unique(ids, file=paths["videoname"], field="videoname")
-    classes = [_text(c) for c in ann["classlist"]]
+    classes = [_text(c, file=paths["classlist"], field=f"classlist[{i}]") for i, c in enumerate(ann["classlist"])]
     _check_unique(classes, file=paths["classlist"], field="classlist")
     class_index = {c: i for i, c in enumerate(classes)}
-    subsets = [_text(s) for s in ann["subset"]]
+    subsets = [_text(s, file=paths["subset"], video=vid, field="subset") for s, vid in zip(ann["subset"], ids)]
     mapping = dict(subset_map) if subset_map is not None else _default_subset_map(set(subsets), paths["subset"])
-    durations = np.asarray(ann["duration"], dtype=np.float64).reshape(n, -1)[:, 0]
+    durations = _durations(ann["duration"], ids, paths["duration"])
 
     warnings: list[PrepareWarning] = []
     skipped: Counter[str] = Counter()
@@ -405,12 +429,12 @@ def convert_wtalc(
                                file=paths["duration"], video=vid, field="duration")
         segs = parse_intervals(ann["segments"][i], file=paths["segments"], video=vid, fld="segments")
         _append(warnings, empty_interval_warning(segs, file=paths["segments"], video=vid, fld="segments"))
-        seg_names = _names(ann["labels"][i])
+        seg_names = _names(ann["labels"][i], file=paths["labels"], video=vid, field="labels")
         if len(seg_names) != len(segs):
             raise PrepareError(f"{len(seg_names)} segment labels for {len(segs)} segments in segments.npy",
                                file=paths["labels"], video=vid, field="labels")
         seg_idx = _class_indices(seg_names, class_index, file=paths["labels"], video=vid, field="labels")
-        video_names = _names(ann["labels_all"][i])
+        video_names = _names(ann["labels_all"][i], file=paths["labels_all"], video=vid, field="labels_all")
         video_idx = _class_indices(video_names, class_index, file=paths["labels_all"], video=vid, field="labels_all")
         if set(video_idx.tolist()) != set(seg_idx.tolist()):
             kept = "labels_all" if labels_from == "video" else "segment labels"
@@ -422,7 +446,7 @@ def convert_wtalc(
         videos.append(_Video(vid, mapping[subsets[i]], float(durations[i]), segs, seg_idx, labels, key=i))
     ambiguous = _read_ambiguous(amb_path) if amb_path is not None else {}
 
-    feats = _load_npy(paths["features"], "features")
+    feats = _sized(load_npy(paths["features"], field="features"), file=paths["features"], field="features")
     if len(feats) != n:
         raise PrepareError(f"{len(feats)} feature arrays, but videoname.npy has {n} videos",
                            file=paths["features"], field="features")
@@ -430,7 +454,11 @@ def convert_wtalc(
              f"({paths['features'].stat().st_size / 2**20:.0f} MiB on disk) before streaming"]
 
     def load(v: _Video) -> list[_Part]:
-        x = np.asarray(feats[v.key])
+        try:
+            x = np.asarray(feats[v.key])
+        except (TypeError, ValueError) as exc:  # e.g. ragged nested lists
+            raise PrepareError(f"not a numeric array ({exc})", file=paths["features"], video=v.video_id,
+                               field=f"features[{v.key}]") from None
         if feats.dtype == object:
             feats[v.key] = None  # release each video once it has been handed to the writer
         return [(x, paths["features"], f"features[{v.key}]")]
@@ -499,7 +527,8 @@ def _read_class_names(class_names: Sequence[str] | str | os.PathLike) -> list[st
         path = Path(class_names)
         _stat(path, field="class_names")
         if path.suffix == ".npy":
-            return [_text(c) for c in _load_npy(path, "class_names")]
+            names = _sized(load_npy(path, field="class_names"), file=path, field="class_names", per="class")
+            return [_text(c, file=path, field=f"class_names[{i}]") for i, c in enumerate(names)]
         return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [str(c) for c in class_names]
 
@@ -650,7 +679,7 @@ def convert_per_video(
     ambiguous = _read_ambiguous(amb_path) if amb_path is not None else {}
 
     def load(v: _Video) -> list[_Part]:
-        return [(_load_npy(p, "features", mmap=True), p, "features") for p in feature_paths[v.video_id]]
+        return [(load_npy(p, field="features", mmap=True), p, "features") for p in feature_paths[v.video_id]]
 
     options = {"annotation_format": annotation_format, "splits": {k: str(p) for k, p in (splits or {}).items()},
                "subset_map": dict(subset_map) if subset_map is not None else None, "rgb_flow": rgb_flow,

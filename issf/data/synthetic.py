@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 
 from issf.data.h5 import VideoEntry, write_feature_file
+from issf.data.npy import load_npy
 
 THUMOS14_CLASSES = [
     "BaseballPitch", "BasketballDunk", "Billiards", "CleanAndJerk", "CliffDiving",
@@ -288,7 +289,7 @@ def _annotation_layouts(cfg: SyntheticConfig) -> tuple[list[str], list[Layout]]:
     root = Path(cfg.from_annotations)
 
     def load(name: str) -> np.ndarray:
-        return np.load(root / f"{name}.npy", allow_pickle=True)
+        return load_npy(root / f"{name}.npy", field=name)  # W-TALC object arrays, unpickled safely
 
     def text(s: Any) -> str:
         return s.decode() if isinstance(s, bytes) else str(s)

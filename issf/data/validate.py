@@ -127,13 +127,32 @@ def check_features(x: np.ndarray, *, file: str | os.PathLike, video: str, fld: s
     return x
 
 
+def short_repr(x: object, limit: int = 60) -> str:
+    """``repr(x)`` cut to ``limit`` characters, for error messages."""
+    text = repr(x)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_sequence(x: object) -> bool:
+    return isinstance(x, (list, tuple)) or (isinstance(x, np.ndarray) and x.ndim >= 1)
+
+
 def parse_intervals(raw, *, file: str | os.PathLike, video: str, fld: str) -> np.ndarray:
     """[[start, end], ...] (numbers or numeric strings) -> float64 [N, 2]; end < start is an error."""
-    try:
-        bounds = np.asarray([[float(v) for v in pair] for pair in raw], dtype=np.float64).reshape(-1, 2)
-    except (TypeError, ValueError) as exc:
-        raise PrepareError(f"intervals must be [start, end] pairs of numbers ({exc})",
-                           file=file, video=video, field=fld) from None
+    if not _is_sequence(raw):
+        raise PrepareError(f"intervals must be [start, end] pairs of numbers; got {type(raw).__name__} "
+                           f"{short_repr(raw)} instead of a list of pairs", file=file, video=video, field=fld)
+    rows = []
+    for j, pair in enumerate(raw):
+        if not (_is_sequence(pair) and len(pair) == 2):
+            raise PrepareError(f"intervals must be [start, end] pairs of numbers; interval {j} is "
+                               f"{short_repr(pair)}", file=file, video=video, field=fld)
+        try:
+            rows.append((float(pair[0]), float(pair[1])))
+        except (TypeError, ValueError) as exc:
+            raise PrepareError(f"intervals must be [start, end] pairs of numbers; interval {j} is "
+                               f"{short_repr(pair)} ({exc})", file=file, video=video, field=fld) from None
+    bounds = np.asarray(rows, dtype=np.float64).reshape(-1, 2)
     if not np.isfinite(bounds).all():
         raise PrepareError("non-finite interval bound", file=file, video=video, field=fld)
     bad = np.flatnonzero(bounds[:, 1] < bounds[:, 0])
