@@ -3,6 +3,7 @@ by ``task=eval``)."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,8 @@ class VideoEvaluator(nn.Module):
         # trivial baseline on the same video scores: the top class over the whole video
         self.baseline = cfg.build_metric(ground_truth, snippet_seconds)
         self._parts: list[Detections] = []
+        self._videos_without_detections: list[float] = []  # their top video score
+        self._videos_seen = 0
 
     def update(
         self, index: torch.Tensor, video_scores: torch.Tensor, cas: torch.Tensor, lengths: torch.Tensor,
@@ -81,6 +84,9 @@ class VideoEvaluator(nn.Module):
             dets = dets.select(dets.end > dets.start)
         videos = index.cpu().numpy()
         self.add(dets, videos)
+        top_scores = video_scores.float().cpu().numpy().max(1)
+        self._videos_seen += len(videos)
+        self._videos_without_detections.extend(top_scores[~np.isin(videos, dets.video)].tolist())
         top = video_scores.float().cpu().numpy().argmax(1)
         whole = Detections(
             videos, np.zeros(len(videos)), self.ground_truth.durations[videos], top,
@@ -100,7 +106,23 @@ class VideoEvaluator(nn.Module):
     def detections(self) -> Detections:
         return Detections.concatenate(self._parts, units="seconds")
 
+    def warn_if_few_detections(self) -> None:
+        """Warn when most evaluated videos got no detection (e.g. a fixed class threshold against the
+        flat video scores of a softmax over many classes)."""
+        empty = np.asarray(self._videos_without_detections)
+        if self._videos_seen == 0 or len(empty) <= self._videos_seen / 2:
+            return
+        loc = self.loc_cfg
+        warnings.warn(
+            f"{len(empty)} of {self._videos_seen} evaluated videos got no detection; their top video "
+            f"scores range {empty.min():.4f}..{empty.max():.4f} (class_selection={loc.class_selection}, "
+            f"class_threshold={loc.class_threshold}); class_selection=top_k or relative does not depend "
+            f"on the scale of the scores",
+            RuntimeWarning, stacklevel=2,
+        )
+
     def compute(self) -> dict[str, Any]:
+        self.warn_if_few_detections()
         result = self.metric.compute()
         summary = self.metric.summarize(result)
         ap = result["ap"].cpu().numpy()
@@ -114,6 +136,8 @@ class VideoEvaluator(nn.Module):
         self.metric.reset()
         self.baseline.reset()
         self._parts = []
+        self._videos_without_detections = []
+        self._videos_seen = 0
 
 
 def _update(metric: TemporalDetectionMAP, dets: Detections, videos: np.ndarray | None) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 DEFAULT_CAS_THRESHOLDS: tuple[float, ...] = tuple(float(t) for t in np.arange(0.001, 0.04, 0.002))
 
 NMS_KINDS = ("official", "iou", "soft")
+CLASS_SELECTIONS = ("threshold", "relative", "top_k")
 SCORE_KINDS = ("contrast", "contrast_x_video")
 
 
@@ -41,6 +42,10 @@ class LocalizationConfig:
       centre). All rules then work on samples; ``min_length`` stays in snippets
       (``min_length * upsample`` samples) and output boundaries are converted back to (fractional)
       snippet units.
+    * ``class_selection``: which classes of a video are localized: ``"threshold"`` (video score
+      ``>= class_threshold``, the official rule), ``"relative"`` (video score ``>= class_relative``
+      times the video's top score) or ``"top_k"`` (the ``class_top_k`` highest video scores). The
+      last two do not depend on how flat a softmax over many classes is.
     * ``max_detections``: keep at most this many detections per video (highest scores) after NMS.
     * ``compat_end_plus_one``: the official proposal geometry (inner mean over ``s:e+1``, stored end
       ``e + 1``, outer after-region from ``e + 1`` capped at ``T - 1``). ``False`` gives the clean
@@ -49,6 +54,9 @@ class LocalizationConfig:
     """
 
     class_threshold: float = 0.1
+    class_selection: str = "threshold"
+    class_relative: float = 0.5
+    class_top_k: int = 2
     cas_thresholds: tuple[float, ...] = DEFAULT_CAS_THRESHOLDS
     min_length: int = 2
     outer_ratio: float = 0.25
@@ -63,6 +71,12 @@ class LocalizationConfig:
     def __post_init__(self) -> None:
         self.cas_thresholds = tuple(float(t) for t in self.cas_thresholds)
         self.class_threshold = float(self.class_threshold)  # a Python float: compared in the scores' dtype
+        if self.class_selection not in CLASS_SELECTIONS:
+            raise ValueError(
+                f"LocalizationConfig.class_selection must be one of {CLASS_SELECTIONS}, got {self.class_selection!r}"
+            )
+        if int(self.class_top_k) < 1 or not 0.0 < float(self.class_relative) <= 1.0:
+            raise ValueError("LocalizationConfig: class_top_k must be >= 1 and class_relative in (0, 1]")
         if self.nms not in NMS_KINDS:
             raise ValueError(f"LocalizationConfig.nms must be one of {NMS_KINDS}, got {self.nms!r}")
         if self.score not in SCORE_KINDS:
@@ -331,6 +345,15 @@ def _nms_group(
     return soft_nms(s, e, sc, cfg.soft_nms_sigma)
 
 
+def select_classes(video_scores: np.ndarray, cfg: LocalizationConfig) -> np.ndarray:
+    """Ascending indices of the classes to localize in a video with these scores [C]."""
+    if cfg.class_selection == "top_k":
+        return np.sort(np.argsort(-video_scores, kind="stable")[: int(cfg.class_top_k)])
+    if cfg.class_selection == "relative":
+        return np.flatnonzero(video_scores >= float(cfg.class_relative) * video_scores.max(initial=0.0))
+    return np.flatnonzero(video_scores >= cfg.class_threshold)
+
+
 def localize_video(
     cas: np.ndarray,
     video_scores: np.ndarray,
@@ -350,7 +373,7 @@ def localize_video(
         raise ValueError(
             f"localize_video: cas {cas.shape} does not match video_scores {vs.shape} ([T, C] vs [C])"
         )
-    classes = np.flatnonzero(vs >= cfg.class_threshold)
+    classes = select_classes(vs, cfg)
     if len(cas) == 0 or len(classes) == 0 or not cfg.cas_thresholds:
         return Detections()
     factor = int(cfg.upsample)

@@ -457,8 +457,9 @@ def summarize(
 
     A range ``(lo, hi)`` averages the thresholds within ``[lo, hi]`` (NaN if it holds none).
     """
-    maps = np.asarray(result["map"].detach().cpu(), dtype=np.float64) * 100.0
-    thr = np.asarray(result["tiou"].detach().cpu(), dtype=np.float64)
+    # torchmetrics squeezes one-element results to 0-d: one tIoU threshold is still a list of one
+    maps = np.atleast_1d(np.asarray(result["map"].detach().cpu(), dtype=np.float64)) * 100.0
+    thr = np.atleast_1d(np.asarray(result["tiou"].detach().cpu(), dtype=np.float64))
     out = {f"mAP@{t:g}": float(m) for t, m in zip(thr, maps)}
     out["AVG"] = float(np.mean(maps))
     for name, (lo, hi) in (average_ranges or {}).items():
