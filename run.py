@@ -76,7 +76,7 @@ def task_train(cfg: DictConfig, output_dir: Path) -> dict:
 # --------------------------------------------------------------------------------------------
 # `strategy=ddp` under Hydra: Lightning starts each extra rank by re-running the command line. In a
 # multirun that command line is the whole sweep, so every child would start the sweep again
-# (FRAMEWORK_NOTES pitfall 5). Children instead get this job's own overrides in RUN mode and
+# (docs/framework.md, item 1). Children instead get this job's own overrides in RUN mode and
 # write into this job's directory; after the job the launching process reaps them and resets the
 # distributed state so the next job of the sweep can start its own.
 
@@ -194,7 +194,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def _finish_wandb() -> None:
-    """Close the W&B run of this job so the next multirun job starts its own (pitfall 9)."""
+    """Close the W&B run of this job so the next multirun job starts its own (docs/framework.md, item 2)."""
     import sys
 
     if "wandb" in sys.modules:

@@ -1,7 +1,7 @@
 """Benchmark: converting and reading a THUMOS-scale feature file.
 
 Full size: 412 videos with the THUMOS'14 lengths (floor(duration * 25/16) snippets from the real
-W-TALC ``duration.npy``), 2048-d float32, about 1.1 GB. Cases:
+W-TALC ``duration.npy`` of ``data/reference``), 2048-d float32, about 1.1 GB. Cases:
 
 * conversion time, MB/s and peak RSS of ``convert_per_video`` (per-video ``.npy`` files, streamed
   and memory-mapped; ACM-Net's gt.json as annotation) and ``convert_wtalc`` (one pickled object
@@ -41,11 +41,11 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import SHARED, record  # noqa: E402
+from bench.common import THUMOS_WTALC, record, unpack  # noqa: E402
 from issf.data.h5 import FeatureFile, VideoEntry, write_feature_file  # noqa: E402
 
-THUMOS = SHARED / "data" / "thumos14" / "Thumos14reduced-Annotations"
-ACMNET_GT = SHARED / "data" / "thumos14" / "acmnet" / "gt.json"
+THUMOS = THUMOS_WTALC
+ACMNET_GT = "thumos14/acmnet/gt.json.gz"  # in data/reference; a plain copy goes to WORK
 WORK = ROOT / "data" / "bench" / "bench_data"
 MB = 2**20
 
@@ -181,9 +181,10 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     try:
         pv, wtalc_file = write_sources(WORK, names, lengths, dim)
+        acmnet_gt = unpack(ACMNET_GT, WORK)
         base = WORK / "thumos_pv.h5"
         conv = {
-            "per_video": dict(feature_dir=str(pv), annotation_file=str(ACMNET_GT), out_path=str(base),
+            "per_video": dict(feature_dir=str(pv), annotation_file=str(acmnet_gt), out_path=str(base),
                               subset_map={"validation": "train", "test": "test"}),
             "wtalc": dict(folder=str(THUMOS), out_path=str(WORK / "thumos_wtalc.h5"),
                           feature_file=str(wtalc_file)),

@@ -3,9 +3,9 @@
 Synthetic but realistic inputs: T per video drawn with mean ~340 snippets, 20 classes, each CAS
 column a smooth log-normal baseline crossing the low thresholds plus plateau bumps for the classes
 present in the video; about 2 classes per video have a video score above the class threshold.
-When the shared W-TALC fixtures are present, the inputs of ``actloc_05_thumos_random`` (real
-THUMOS'14 test split, 212 videos) are timed as a second case. ``--quick``: 20 synthetic videos,
-one repeat, no fixture case. Appends one ``{date, machine, command, benchmark, case, seconds, ...}``
+The inputs of the evaluation case ``actloc_05_thumos_random`` of ``data/reference`` (a CAS on the
+real THUMOS'14 test split, 212 videos) are timed as a second case. ``--quick``: 20 synthetic
+videos, one repeat, no second case. Appends one ``{date, machine, command, benchmark, case, seconds, ...}``
 record per case to ``bench/results.json``.
 
     python bench/bench_localize.py [--videos 213] [--repeats 3] [--quick] [--no-record]
@@ -19,7 +19,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import gzip  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -29,13 +28,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import SHARED, record  # noqa: E402
+from bench.common import WTALC_CASES, case, record  # noqa: E402
 from issf.data.annotations import GroundTruth  # noqa: E402
 from issf.localize import LocalizationConfig, localize  # noqa: E402
 from issf.metrics import TemporalDetectionMAP  # noqa: E402
 from tests.test_localize import actloc_inputs  # noqa: E402
 
-FIXTURE = SHARED / "fixtures" / "wtalc" / "actloc_05_thumos_random.json.gz"  # optional second case
+REAL_CASE = "actloc_05_thumos_random"  # second case: a CAS on the real THUMOS'14 test split
 
 
 def random_ground_truth(cas_list: list[np.ndarray], n_classes: int, seed: int = 1) -> GroundTruth:
@@ -98,16 +97,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=213)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="20 synthetic videos, one repeat, no fixture case")
+    parser.add_argument("--quick", action="store_true", help="20 synthetic videos, one repeat, no second case")
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/results.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.videos, args.repeats = 20, 1
 
     cases = {"synthetic": synthetic_inputs(args.videos)}
-    if FIXTURE.is_file() and not args.quick:
-        with gzip.open(FIXTURE, "rt") as f:
-            cases[f"inputs of {FIXTURE.name}"] = actloc_inputs(json.load(f))
+    if not args.quick:
+        cases[f"inputs of {REAL_CASE}.json.gz"] = actloc_inputs(case(WTALC_CASES, REAL_CASE))
     cfg = LocalizationConfig()
     entries = []
     for name, (cas_list, scores) in cases.items():

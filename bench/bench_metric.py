@@ -2,8 +2,9 @@
 
 Cases:
 
-* ``thumos``: fixture ``20_random_thumos_scale`` (200 videos, 20 classes, 30,000 detections,
-  tIoU 0.1:0.7, protocol ``anet``; the official evaluator takes ~45 s single-process);
+* ``thumos``: the evaluation case ``20_random_thumos_scale`` of ``data/reference`` (200 videos,
+  20 classes, 30,000 detections, tIoU 0.1:0.7, protocol ``anet``; the official evaluator takes
+  ~45 s single-process);
 * ``activitynet``: a generated ActivityNet-scale case (5,000 videos, 200 classes, 500,000
   detections, tIoU 0.5:0.95; the official evaluator takes ~580 s single-process).
 
@@ -22,7 +23,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import gzip  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -33,7 +33,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import SHARED, record  # noqa: E402
+from bench.common import MAP_CASES, record  # noqa: E402
+from bench.common import case as reference_case  # noqa: E402
 from issf.data.annotations import GroundTruth  # noqa: E402
 from issf.metrics import TemporalDetectionMAP  # noqa: E402
 from tests.test_metrics import map_case  # noqa: E402
@@ -44,10 +45,8 @@ Detections = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def thumos_fixture_case() -> tuple[GroundTruth, Detections]:
-    """Fixture 20 of ``shared/fixtures/map`` as a GroundTruth and detection columns."""
-    with gzip.open(SHARED / "fixtures" / "map" / "20_random_thumos_scale.json.gz", "rt") as f:
-        fx = json.load(f)
-    return map_case(fx)
+    """Case 20 of ``data/reference/fixtures/map`` as a GroundTruth and detection columns."""
+    return map_case(reference_case(MAP_CASES, "20_random_thumos_scale"))
 
 
 def activitynet_case(

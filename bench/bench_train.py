@@ -1,7 +1,7 @@
 """Training-epoch benchmark at THUMOS scale: 200 training videos, 2048-d features.
 
 The videos have the durations of the 200 THUMOS'14 validation videos (mean 326 snippets, median
-235, max 2202) when ../shared holds the annotations, else a synthetic THUMOS-like layout. Times
+235, max 2202; the real annotations of data/reference) and synthetic features. Times
 one training epoch of the full ISSF model (memory branch active, as in 178 of the 180 epochs)
 batched (B = 10, length-bucketed) and one video at a time (B = 1, our own code), after one untimed
 warm-up epoch, with the thread count stated; records wall and process-CPU seconds and peak RSS.
@@ -24,29 +24,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import SHARED, record  # noqa: E402
+from bench.common import THUMOS_WTALC, record  # noqa: E402
 from issf.data.datamodule import FeatureDataModule  # noqa: E402
 from issf.data.synthetic import SyntheticConfig, ensure_dataset  # noqa: E402
 from issf.model.config import ISSFConfig  # noqa: E402
 from issf.model.network import ISSF  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bench"
-THUMOS = SHARED / "data" / "thumos14" / "Thumos14reduced-Annotations"
 
 
 def thumos_scale_data(quick: bool) -> tuple[Path, str]:
     """The THUMOS'14 validation layouts (200 videos, mean 327 snippets, max 2202) with synthetic
-    2048-d features when the shared annotations are present; otherwise a synthetic layout."""
-    if THUMOS.exists():
-        cfg = SyntheticConfig(seed=1, feature_dim=2048, dtype="float16", from_annotations=str(THUMOS),
-                              max_videos=40 if quick else None)
-        return ensure_dataset(cfg, DATA / ("train_thumos_layout_quick.h5" if quick else "train_thumos_layout.h5")), \
-            "thumos14_validation_layouts"
-    cfg = SyntheticConfig(
-        seed=1, num_train=40 if quick else 200, num_test=1, feature_dim=2048, dtype="float16",
-        max_video_seconds=1500.0,
-    )
-    return ensure_dataset(cfg, DATA / ("train_quick.h5" if quick else "train_thumos_scale.h5")), "synthetic_layouts"
+    2048-d features (generated once into data/bench/)."""
+    if not (THUMOS_WTALC / "duration.npy").is_file():
+        raise FileNotFoundError(f"THUMOS'14 annotations missing under {THUMOS_WTALC}")
+    cfg = SyntheticConfig(seed=1, feature_dim=2048, dtype="float16", from_annotations=str(THUMOS_WTALC),
+                          max_videos=40 if quick else None)
+    return ensure_dataset(cfg, DATA / ("train_thumos_layout_quick.h5" if quick else "train_thumos_layout.h5")), \
+        "thumos14_validation_layouts"
 
 
 def run_epoch(

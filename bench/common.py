@@ -10,9 +10,10 @@ import platform
 import sys
 from pathlib import Path
 
+# the reference data of data/reference (real annotations, evaluation cases); tests.reference imports no torch
+from tests.reference import MAP_CASES, REFERENCE, THUMOS_WTALC, WTALC_CASES, case, unpack  # noqa: F401
+
 RESULTS = Path(__file__).resolve().parent / "results.json"
-# the read-only reference folder beside the repository (fixtures, real annotations)
-SHARED = Path(os.environ.get("ISSF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def cpu_model() -> str:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the model, as one script for a lent GPU machine (see bench/README.md):
 # the model tests on CUDA, then the THUMOS-scale epoch benchmark in fp32 and with bf16 autocast.
-# Needs ../shared (or ISSF_SHARED) for the THUMOS'14 durations; otherwise a synthetic layout is used.
+# The THUMOS'14 durations come from data/reference (part of the repository).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}

@@ -1,7 +1,7 @@
 """Class activation sequences (CAS) -> temporal proposals -> NMS -> detections.
 
 The default configuration is the localization path of the official ISSF evaluation (W-TALC style,
-ISSF_SPEC.md section 2.8 step 5) including its quirks (``compat_end_plus_one``):
+docs/method.md, "Inference and localization") including its quirks (``compat_end_plus_one``):
 
 * a class is localized in a video when its video score is ``>= class_threshold``;
 * for each CAS threshold ``theta`` a run is a maximal block of snippets with ``cas > theta``

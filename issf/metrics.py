@@ -1,7 +1,8 @@
 """Temporal action detection mAP@tIoU and video classification mAP.
 
-Two detection protocols are implemented, both exactly (see ``../shared/fixtures/map/OFFICIAL_ALGORITHM.md``
-and ``../shared/fixtures/wtalc/README.md``):
+Two detection protocols are implemented, both exactly (checked against the outputs of the official
+evaluators on the cases of ``data/reference/fixtures/map`` and ``data/reference/fixtures/wtalc``,
+described in ``data/reference/PROVENANCE.md``):
 
 ``"anet"``
     The official ActivityNet ``eval_detection.py``: per class, predictions in descending score order

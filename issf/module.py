@@ -22,7 +22,7 @@ class ISSFModule(pl.LightningModule):
     """ISSF training and evaluation.
 
     The batch loss is the SUM of per-video losses, so one Adam step on B videos equals the official
-    accumulation of B single-video steps (coupled L2 weight decay, ISSF_SPEC.md B14).
+    accumulation of B single-video steps (coupled L2 weight decay; B14 in docs/released_code.md).
     """
 
     def __init__(

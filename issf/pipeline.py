@@ -48,7 +48,8 @@ def fit_and_test(
         metrics.update(run_test_split(trainer, module, datamodule, output_dir))
         best = checkpoint.best_model_path if checkpoint is not None else ""
         if best:
-            # the official code reports the best of its test-set evaluations (B16): keep both figures
+            # the official code reports the best of its test-set evaluations (B16,
+            # docs/released_code.md): keep both figures
             metrics.update(run_test_split(trainer, module, datamodule, output_dir, ckpt_path=best, tag="test_best_ckpt"))
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", metrics)

@@ -1,24 +1,14 @@
-"""Shared test helpers: paths to ../shared and small synthetic inputs."""
+"""Common test helpers: the reference data of ``data/reference`` and small synthetic inputs."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ISSF_SHARED", ROOT.parent / "shared"))
+from tests.reference import REFERENCE, ROOT  # noqa: F401  (the one definition of the reference folder)
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.exists():
-        raise FileNotFoundError(f"shared reference folder not found at {SHARED}; set ISSF_SHARED")
-    return SHARED
 
 
 def padded_batch(lengths: list[int], dim: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,8 @@
-"""Converters on the REAL annotation files in ../shared/data, with generated features.
+"""Converters on the REAL annotation files kept in data/reference, with generated features.
 
 Features are random with a small dim and T = floor(duration * 25 / 16) snippets (at least 1);
-everything generated goes to pytest's tmp dirs. Expected numbers are the documented facts of
-../shared/data/STATS.md (and ISSF_SPEC.md where noted).
+everything generated goes to pytest's tmp dirs. Expected numbers were counted on the annotation
+files themselves (data/reference/PROVENANCE.md says where each file comes from).
 """
 
 from __future__ import annotations
@@ -11,23 +11,32 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from issf.data.convert import PrepareError, convert_per_video, convert_wtalc
 from issf.data.h5 import FeatureFile
+from tests import reference
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-THUMOS = DATA / "thumos14" / "Thumos14reduced-Annotations"
-BASNET = DATA / "thumos14" / "basnet"
-ACMNET_THUMOS = DATA / "thumos14" / "acmnet" / "gt.json"
-ANET = DATA / "activitynet13" / "ActivityNet1.3-Annotations_yhZhai"
-BSN = DATA / "activitynet13" / "bsn" / "anet_anno_action.json"
-ACMNET_ANET = DATA / "activitynet13" / "acmnet"
+THUMOS = reference.THUMOS_WTALC  # W-TALC layout, stored as is
 
 
-# ---- facts from STATS.md ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> SimpleNamespace:
+    """Plain (decompressed) copies of the gzipped reference annotations."""
+    tmp = tmp_path_factory.mktemp("reference")
+    return SimpleNamespace(
+        basnet=reference.unpack("thumos14/basnet", tmp / "thumos14"),  # BaS-Net/UM gt.json + split lists
+        acmnet_thumos=reference.unpack("thumos14/acmnet/gt.json.gz", tmp / "thumos14" / "acmnet"),
+        anet=reference.unpack("activitynet13/wtalc", tmp / "activitynet13"),  # W-TALC layout (yhZhai)
+        bsn=reference.unpack("activitynet13/bsn/anet_anno_action.json.gz", tmp / "activitynet13" / "bsn"),
+        acmnet_anet=reference.unpack("activitynet13/acmnet", tmp / "activitynet13"),  # split lists
+    )
+
+
+# ---- facts counted from the files -----------------------------------------------------------------
 THUMOS_CLASSES = [
     "BaseballPitch", "BasketballDunk", "Billiards", "CleanAndJerk", "CliffDiving", "CricketBowling",
     "CricketShot", "Diving", "FrisbeeCatch", "GolfSwing", "HammerThrow", "HighJump", "JavelinThrow",
@@ -120,7 +129,7 @@ def test_thumos_wtalc_counts(thumos):
         for v, (s, e), c in zip(gt.segment_video, gt.segments, gt.segment_label):
             by_seg.setdefault((v, s, e), set()).add(ff.class_names[c])
         assert sum({"CliffDiving", "Diving"} <= names for names in by_seg.values()) == expected
-    # W-TALC's video-level labels are kept: 21 of the 200 training videos have two labels (ISSF_SPEC 2.1)
+    # W-TALC's video-level labels are kept: 21 of the 200 training videos have two labels (docs/method.md, Data)
     assert int((ff.ground_truth("train").labels.sum(1) == 2).sum()) == 21
 
 
@@ -135,7 +144,7 @@ def test_thumos_wtalc_defects(thumos):
     for vid, n in AFTER_END.items():  # all of them start after the end: kept as zero-length
         assert _count(r"^(\d+) of \d+ intervals outside", outside[vid].message) == n
         assert _count(r"; (\d+) start at or after the end", outside[vid].message) == n
-    assert report.segments_clipped == report.segments_past_end == 4 + 26  # STATS: 4 val, 26 test segs
+    assert report.segments_clipped == report.segments_past_end == 4 + 26  # 4 val, 26 test segments
     # Ambiguous_test.txt: 99 rows in 37 videos; 36 videos are W-TALC test videos (96 rows kept)
     assert report.ambiguous == 96
     (amb,) = [w for w in report.warnings if w.kind == "ambiguous_unknown_video"]
@@ -157,7 +166,7 @@ def test_thumos_wtalc_options(thumos, tmp_path):
     assert report.segments == {"train": 3007 - 4, "test": 3358 - 26}
     assert len(report.warned_videos("labels_disagree")) == 28
     ff = FeatureFile(tmp_path / "seg.h5")
-    # labels from segments: videos with more than one class, STATS: 27 val, 34 test
+    # labels from segments: videos with more than one class: 27 val, 34 test
     # (segments dropped past the end do not change labels: 0000270 keeps HammerThrow)
     for subset, multi in (("train", 27), ("test", 34)):
         assert int((ff.ground_truth(subset).labels.sum(1) > 1).sum()) == multi
@@ -177,10 +186,11 @@ def thumos_per_video(tmp_path_factory):
     return tmp, durations
 
 
-def test_basnet_gt_json(thumos_per_video, tmp_path):
+def test_basnet_gt_json(thumos_per_video, plain, tmp_path):
     tmp, durations = thumos_per_video
-    splits = {"train": BASNET / "split_train.txt", "test": BASNET / "split_test.txt"}
-    report = convert_per_video(tmp / "features", BASNET / "gt.json", tmp_path / "basnet.h5",
+    basnet = plain.basnet
+    splits = {"train": basnet / "split_train.txt", "test": basnet / "split_test.txt"}
+    report = convert_per_video(tmp / "features", basnet / "gt.json", tmp_path / "basnet.h5",
                                annotation_format="basnet", splits=splits, durations=durations)
     assert report.videos == {"train": 200, "test": 210}
     assert report.segments == {"train": 3007, "test": 3311}
@@ -194,7 +204,7 @@ def test_basnet_gt_json(thumos_per_video, tmp_path):
     np.testing.assert_allclose(ff.durations, [durations[v] for v in ff.video_ids])
 
     # subsets from gt.json itself; durations estimated from the features (T * 16/25 s)
-    report = convert_per_video(tmp / "features", BASNET / "gt.json", tmp_path / "basnet2.h5",
+    report = convert_per_video(tmp / "features", basnet / "gt.json", tmp_path / "basnet2.h5",
                                annotation_format="basnet")
     assert report.videos == {"test": 210, "train": 200} and report.segments["test"] == 3311
     assert any("410 videos have no duration" in n for n in report.notes)
@@ -202,70 +212,72 @@ def test_basnet_gt_json(thumos_per_video, tmp_path):
     np.testing.assert_allclose(ff2.durations, ff2.lengths * 16 / 25)
 
 
-def test_acmnet_gt_json_activitynet_layout(thumos_per_video, tmp_path):
+def test_acmnet_gt_json_activitynet_layout(thumos_per_video, plain, tmp_path):
     """ACM-Net's gt.json (ActivityNet layout, with durations) for THUMOS'14: 200 + 212 videos."""
     tmp, _ = thumos_per_video
-    report = convert_per_video(tmp / "features", ACMNET_THUMOS, tmp_path / "acm.h5",
+    report = convert_per_video(tmp / "features", plain.acmnet_thumos, tmp_path / "acm.h5",
                                subset_map={"validation": "train", "test": "test"})
     assert report.videos == {"test": 212, "train": 200}
     assert report.segments == {"test": 3358, "train": 3007}
     # features follow the W-TALC durations; ACM-Net's own are wrong for the 13 non-30-fps videos
     mismatch = report.warned_videos("length_mismatch")
     assert ACM_NOT_30FPS <= mismatch <= ACM_DURATION_OFF
-    # STATS (ACM-Net durations): 30 val + 62 test segments end after the video
+    # with ACM-Net's durations, 30 val + 62 test segments end after the video
     assert report.segments_clipped == 30 + 62
 
 
 # ---- ActivityNet 1.3 ---------------------------------------------------------------------------------
 
 
-def test_activitynet_wtalc_yhzhai(tmp_path):
-    durations = np.load(ANET / "duration.npy").reshape(-1)
+def test_activitynet_wtalc_yhzhai(plain, tmp_path):
+    anet = plain.anet
+    durations = np.load(anet / "duration.npy").reshape(-1)
     _wtalc_features(tmp_path / "f.npy", durations, dim=4, dtype=np.float16)
-    report = convert_wtalc(ANET, tmp_path / "anet.h5", feature_file=tmp_path / "f.npy", dtype="float16")
+    report = convert_wtalc(anet, tmp_path / "anet.h5", feature_file=tmp_path / "f.npy", dtype="float16")
     assert report.videos == {"train": 9337, "test": 4575}  # training -> train, validation -> test
     assert report.segments == {"train": 14377, "test": 7057}
-    classes = [str(c) for c in np.load(ANET / "classlist.npy")]
+    classes = [str(c) for c in np.load(anet / "classlist.npy")]
     assert report.num_classes == 200 and report.classes == classes
     assert report.ambiguous == 0
     # facts computed from the files: labels agree everywhere; segments ending after the duration are clipped
-    segments = np.load(ANET / "segments.npy", allow_pickle=True)
-    subset = np.load(ANET / "subset.npy")
+    segments = np.load(anet / "segments.npy", allow_pickle=True)
+    subset = np.load(anet / "subset.npy")
     after = Counter(str(s) for s, segs, d in zip(subset, segments, durations) for a in segs if a[1] > d)
     assert report.segments_clipped == sum(after.values()) and report.segments_past_end == 0
-    assert after["training"] == 141  # STATS: 141 training segments end after the video
+    assert after["training"] == 141  # 141 training segments end after the video
     assert report.warned_videos("labels_disagree") == set()
     assert set(report.warning_counts()) == {"segment_outside", "empty_segment"}
     ff = FeatureFile(tmp_path / "anet.h5")
     empty = ff.segments[:, 1] == ff.segments[:, 0]
-    # STATS: segments with end <= start: 8 training, 3 validation (all have end == start)
+    # segments with end <= start: 8 training, 3 validation (all have end == start)
     assert Counter(ff.subsets[ff.segment_video[empty]].tolist()) == {"train": 8, "test": 3}
     assert len(report.warned_videos("empty_segment")) == 11
     np.testing.assert_array_equal(ff.lengths, _lengths(durations))
 
 
-def test_activitynet_bsn_json_with_acmnet_splits(tmp_path):
+def test_activitynet_bsn_json_with_acmnet_splits(plain, tmp_path):
     """BSN's bare {v_id: {duration_second, annotations}} file with the ACM-Net WTAL split lists."""
-    bsn = json.loads(BSN.read_text())
+    bsn_path, acmnet_anet, anet = plain.bsn, plain.acmnet_anet, plain.anet
+    bsn = json.loads(bsn_path.read_text())
     # the real split_train.txt lists 13 videos that BSN could not download: a clear error, nothing written
     with pytest.raises(PrepareError) as info:
-        convert_per_video(tmp_path, BSN, tmp_path / "out" / "x.h5",
-                          splits={"train": ACMNET_ANET / "split_train.txt", "test": ACMNET_ANET / "split_test.txt"})
+        convert_per_video(tmp_path, bsn_path, tmp_path / "out" / "x.h5",
+                          splits={"train": acmnet_anet / "split_train.txt", "test": acmnet_anet / "split_test.txt"})
     missing = info.value.video
     assert missing not in bsn and info.value.field == "split list" and "split_train.txt" in str(info.value)
     assert not (tmp_path / "out").exists()
     # the first 40 listed videos of each split that BSN has
     splits, durations = {}, {}
     for subset, name in (("train", "split_train.txt"), ("test", "split_test.txt")):
-        ids = [v for v in (ACMNET_ANET / name).read_text().split() if v in bsn][:40]
+        ids = [v for v in (acmnet_anet / name).read_text().split() if v in bsn][:40]
         (tmp_path / name).write_text("\n".join(ids) + "\n")
         splits[subset] = tmp_path / name
         durations.update({v: bsn[v]["duration_second"] for v in ids})
     _per_video_features(tmp_path / "features", durations, dim=4)
-    report = convert_per_video(tmp_path / "features", BSN, tmp_path / "bsn.h5", splits=splits)
+    report = convert_per_video(tmp_path / "features", bsn_path, tmp_path / "bsn.h5", splits=splits)
     assert report.videos == {"train": 40, "test": 40}
     assert report.segments["train"] == sum(len(bsn[v]["annotations"]) for v in splits["train"].read_text().split())
     # class list: the sorted labels of the whole file = the 200 ActivityNet classes of the W-TALC copy
-    assert set(report.classes) == {str(c) for c in np.load(ANET / "classlist.npy")}
+    assert set(report.classes) == {str(c) for c in np.load(anet / "classlist.npy")}
     ff = FeatureFile(tmp_path / "bsn.h5")
     np.testing.assert_allclose(ff.durations, [durations[v] for v in ff.video_ids])

@@ -1,9 +1,7 @@
-"""Localization: official W-TALC fixtures, a loop-based reference of the official rules, options."""
+"""Localization: cases of the official W-TALC evaluation, a loop-based reference of the official rules, options."""
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 from collections import Counter
 
@@ -22,21 +20,18 @@ from issf.localize import (
     soft_nms,
     upsample_cas,
 )
-from tests.conftest import SHARED
+from tests import reference
 
-WTALC = SHARED / "fixtures" / "wtalc"
-ACTLOC_CASES = sorted(p.name for p in WTALC.glob("actloc_*.json*")) if WTALC.is_dir() else []
-needs_fixtures = pytest.mark.usefixtures("shared_dir")
+ACTLOC_CASES = reference.names(reference.WTALC_CASES, "actloc_*.json.gz")
 
 
 def _load(name: str) -> dict:
-    path = WTALC / name
-    with gzip.open(path, "rt") if name.endswith(".gz") else open(path) as f:
-        return json.load(f)
+    return reference.case(reference.WTALC_CASES, name)
 
 
 def actloc_inputs(case: dict) -> tuple[list[np.ndarray], np.ndarray]:
-    """``frm_pred`` arrays and ``vid_pred`` exactly as the fixture README decodes them."""
+    """``frm_pred`` arrays and ``vid_pred`` decoded from a case (data/reference/PROVENANCE.md):
+    float32 values, either decimals or integers times ``scale``; unlisted entries are ``fill``."""
     vid_pred = np.asarray(case["input"]["vid_pred"]["values"], dtype=np.float64).astype(np.float32)
     fb = case["input"]["frm_pred"]
     cas = []
@@ -55,8 +50,8 @@ def _ambiguous_text(case: dict) -> str | None:
     ann = case["annotations"]
     if ann["source"] == "inline":
         return ann["ambiguous_test_txt"]
-    path = SHARED / "data" / "thumos14" / "Thumos14reduced-Annotations" / "Ambiguous_test.txt"
-    return path.read_text() if path.is_file() else None
+    assert ann["source"] == "thumos14_reduced", ann["source"]
+    return (reference.THUMOS_WTALC / "Ambiguous_test.txt").read_text()
 
 
 def _official_rows(case: dict) -> dict[int, list[tuple[int, int, int, float]]]:
@@ -97,12 +92,10 @@ def _official_rows(case: dict) -> dict[int, list[tuple[int, int, int, float]]]:
     return rows
 
 
-@needs_fixtures
 def test_all_actloc_cases_found() -> None:
     assert len(ACTLOC_CASES) >= 5, ACTLOC_CASES
 
 
-@needs_fixtures
 @pytest.mark.parametrize("name", ACTLOC_CASES)
 def test_actloc_fixture(name: str) -> None:
     case = _load(name)
@@ -129,9 +122,8 @@ def test_actloc_fixture(name: str) -> None:
         assert [k for k, f in zip(got_sorted, free) if f] == [k for k, f in zip(exp_keys, free) if f]
 
 
-@needs_fixtures
 def test_nms_fixture() -> None:
-    case = _load("nms_01_hand.json")
+    case = _load("nms_01_hand")
     for c in case["cases"]:
         segs = np.asarray(c["segs"], dtype=c["dtype"]).reshape(-1, 4)
         pick = nms_official(segs[:, 1], segs[:, 2], segs[:, 3], c["overlap_threshold"])
@@ -139,7 +131,7 @@ def test_nms_fixture() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# A slow, plainly written reference of the official rules (ISSF_SPEC.md 2.8 step 5)
+# A slow, plainly written reference of the official rules (docs/method.md, "Localization")
 
 
 def reference_video(cas: np.ndarray, vs: np.ndarray, thr: list[float]) -> list[tuple[int, int, int, float]]:

@@ -1,12 +1,9 @@
-"""Detection mAP (protocols anet / wtalc) against the reference fixtures in ../shared, plus input checks,
+"""Detection mAP (protocols anet / wtalc) against the evaluation cases in data/reference, plus input checks,
 de-duplication, tie rules (against a direct loop implementation) and classification mAP."""
 
 from __future__ import annotations
 
-import gzip
-import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,22 +17,17 @@ from issf.metrics import (
     exact_thresholds,
     summarize,
 )
-from tests.conftest import SHARED
+from tests import reference
+from tests.reference import read_json
 
-MAP_DIR = SHARED / "fixtures" / "map"
-WTALC_DIR = SHARED / "fixtures" / "wtalc"
-THUMOS_ANNOTATIONS = SHARED / "data" / "thumos14" / "Thumos14reduced-Annotations"
+MAP_DIR = reference.REFERENCE / reference.MAP_CASES
+WTALC_DIR = reference.REFERENCE / reference.WTALC_CASES
+THUMOS_ANNOTATIONS = reference.THUMOS_WTALC
 
-MAP_FILES = sorted(p.name for p in MAP_DIR.glob("*.json*"))
-LOCMAP_FILES = sorted(p.name for p in WTALC_DIR.glob("locmap_*.json*"))
-DEGENERATE = ("10_degenerate_segments_finite.json", "11_degenerate_segments_nan_quirk.json")
+MAP_FILES = reference.names(reference.MAP_CASES, "*.json.gz")
+LOCMAP_FILES = reference.names(reference.WTALC_CASES, "locmap_*.json.gz")
+DEGENERATE = ("10_degenerate_segments_finite.json.gz", "11_degenerate_segments_nan_quirk.json.gz")
 THRESHOLD_SETS = ("tiou_0.1_0.7", "tiou_0.5_0.95")
-
-
-def read_json(path: Path) -> dict:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt") as f:
-        return json.load(f)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,9 +175,11 @@ def anet_metric(gt: GroundTruth, thresholds: list[float], **kw) -> TemporalDetec
 
 
 def test_fixture_folders_present() -> None:
-    assert len(MAP_FILES) >= 17, f"map fixtures missing under {MAP_DIR}"
-    assert len(LOCMAP_FILES) >= 4, f"locmap fixtures missing under {WTALC_DIR}"
-    assert (THUMOS_ANNOTATIONS / "segments.npy").exists()
+    assert len(MAP_FILES) >= 17, f"map cases missing from {reference.MANIFEST}"
+    assert len(LOCMAP_FILES) >= 4, f"locmap cases missing from {reference.MANIFEST}"
+    for path in [MAP_DIR / n for n in MAP_FILES] + [WTALC_DIR / n for n in LOCMAP_FILES]:
+        assert path.is_file(), path
+    assert (THUMOS_ANNOTATIONS / "segments.npy").is_file()
 
 
 @pytest.mark.parametrize("key", THRESHOLD_SETS)
@@ -203,7 +197,7 @@ def test_anet_fixture(name: str, key: str) -> None:
 
 
 def test_anet_predicted_label_without_gt_is_ignored() -> None:
-    fx = read_json(MAP_DIR / "08_class_with_predictions_no_gt.json")
+    fx = read_json(MAP_DIR / "08_class_with_predictions_no_gt.json.gz")
     assert "ignored" in fx["expected_policy"]
     gt, dets = map_case(fx)
     no_gt = [c for c in fx["class_names"] if c not in fx["expected"]["tiou_0.1_0.7"]["classes"]]
@@ -250,7 +244,7 @@ def test_anet_degenerate_predictions_sanitised(name: str) -> None:
 
 
 def test_anet_ambiguous_filter() -> None:
-    fx = read_json(MAP_DIR / "17_thumos_ambiguous_filtering.json")
+    fx = read_json(MAP_DIR / "17_thumos_ambiguous_filtering.json.gz")
     gt, dets = map_case(fx)
     assert len(gt.ambiguous) == len(fx["ambiguous"]["video_id"]) > 0
     for key in THRESHOLD_SETS:
@@ -268,7 +262,7 @@ def test_anet_ambiguous_filter() -> None:
 
 def test_anet_no_clipping_to_duration() -> None:
     """Fixture 18: the metric never clips (matches `expected`); clipping is the caller's choice."""
-    fx = read_json(MAP_DIR / "18_segments_outside_video.json")
+    fx = read_json(MAP_DIR / "18_segments_outside_video.json.gz")
     gt, (video, start, end, label, score) = map_case(fx)
     assert ((start < 0) | (end > gt.durations[video])).any()
     clipped = (
@@ -290,7 +284,7 @@ def test_anet_no_clipping_to_duration() -> None:
 
 
 def test_thresholds_are_exact_decimals() -> None:
-    fx = read_json(MAP_DIR / "01_basic_single_class.json")
+    fx = read_json(MAP_DIR / "01_basic_single_class.json.gz")
     assert (
         list(exact_thresholds(np.arange(0.1, 1.0, 0.1)[:7]))
         == fx["expected"]["tiou_0.1_0.7"]["tiou_thresholds"]
@@ -498,7 +492,7 @@ def test_matches_loop_implementation_with_ties(protocol: str, seed: int) -> None
 
 
 def test_duplicated_video_counts_once() -> None:
-    fx = read_json(MAP_DIR / "19_random_small.json")
+    fx = read_json(MAP_DIR / "19_random_small.json.gz")
     gt, dets = map_case(fx)
     block = fx["expected"]["tiou_0.1_0.7"]
     metric = anet_metric(gt, block["tiou_thresholds"])
@@ -517,7 +511,7 @@ def test_duplicated_video_counts_once() -> None:
 
 
 def test_summary_and_reset() -> None:
-    fx = read_json(MAP_DIR / "19_random_small.json")
+    fx = read_json(MAP_DIR / "19_random_small.json.gz")
     gt, dets = map_case(fx)
     ranges = {"AVG(0.1:0.5)": (0.1, 0.5), "AVG(0.3:0.7)": (0.3, 0.7), "AVG(0.1:0.7)": (0.1, 0.7)}
     thresholds = [0.1 * k for k in range(1, 8)]

@@ -4,7 +4,6 @@ rank that never calls ``update``."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from issf.data.annotations import GroundTruth
 from issf.metrics import TemporalDetectionMAP
-from tests.conftest import SHARED
+from tests import reference
 from tests.test_metrics import map_case
 
 pytestmark = pytest.mark.slow
@@ -26,7 +25,7 @@ N_SILENT = 3  # videos whose detections are removed (a model that found nothing 
 def case() -> tuple[GroundTruth, tuple[np.ndarray, ...]]:
     """Fixture 19 with scores rounded to 2 decimals (many ties across videos) and no detection on
     the last ``N_SILENT`` videos."""
-    fx = json.loads((SHARED / "fixtures" / "map" / "19_random_small.json").read_text())
+    fx = reference.case(reference.MAP_CASES, "19_random_small")
     gt, (video, start, end, label, score) = map_case(fx)
     keep = video < gt.num_videos - N_SILENT
     dets = (video, start, end, label, np.round(score, 2))

@@ -19,8 +19,8 @@ from issf.data.synthetic import (
     num_snippets,
     stored_config,
 )
+from tests.reference import THUMOS_WTALC as ANNOTATIONS  # real THUMOS'14 layouts
 
-ANNOTATIONS = Path(__file__).resolve().parents[2] / "shared/data/thumos14/Thumos14reduced-Annotations"
 CONF = Path(__file__).resolve().parents[1] / "conf/data/synthetic.yaml"
 
 

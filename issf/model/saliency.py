@@ -28,7 +28,7 @@ def temporal_difference(features: torch.Tensor, mask: torch.Tensor) -> torch.Ten
 def select_salient(
     diff: torch.Tensor, mask: torch.Tensor, ratio: float, wrap_last: bool = True, skip_first: bool = False
 ) -> torch.Tensor:
-    """Boolean [B, T] salient indicator b_t of ISSF_SPEC.md 1.2 / 5 from differences [B, T].
+    """Boolean [B, T] salient indicator b_t (docs/method.md, SIM) from differences [B, T].
 
     The K_b = max(floor(ratio * len_b) - 1, 0) snippets with the largest backward difference are
     selected, and each selected snippet marks itself and its predecessor. With ``wrap_last`` the
