@@ -28,7 +28,8 @@ from issf.data.convert import PrepareError, convert_wtalc, prepare_from_config
 from issf.data.npy import ALLOWED_GLOBALS, RestrictedUnpickler, load_npy
 from tests.conftest import ROOT, compose_cfg
 from tests.test_convert import D, _features, _listing, _obj, _video_table, write_wtalc
-from tests.test_convert_real import ANET, THUMOS, _wtalc_features
+from tests import reference
+from tests.test_convert_real import THUMOS, _wtalc_features
 
 SYSTEM = f"{os.system.__module__}.system"  # posix.system (nt.system on Windows)
 FIELD_FILES = {
@@ -216,15 +217,28 @@ def _assert_same(got, expected) -> None:
         assert got == expected
 
 
-REAL_FILES = sorted(THUMOS.glob("*.npy")) + sorted(ANET.glob("*.npy"))
+REAL_FILES = [("thumos14", n) for n in reference.names("thumos14/wtalc", "*.npy")] + [
+    ("activitynet13", n.removesuffix(".gz")) for n in reference.names("activitynet13/wtalc", "*.npy.gz")]
 
 
-@pytest.mark.parametrize("path", REAL_FILES, ids=[f"{p.parent.name}/{p.name}" for p in REAL_FILES])
-def test_real_annotation_files_load_as_with_np_load(path):
+@pytest.fixture(scope="module")
+def anet(tmp_path_factory) -> Path:
+    """A plain copy of the ActivityNet v1.3 W-TALC annotation files (stored gzipped)."""
+    return reference.unpack("activitynet13/wtalc", tmp_path_factory.mktemp("reference"))
+
+
+@pytest.fixture(scope="module")
+def real_dirs(anet) -> dict[str, Path]:
+    return {"thumos14": THUMOS, "activitynet13": anet}
+
+
+@pytest.mark.parametrize("dataset,name", REAL_FILES, ids=[f"{d}/{n}" for d, n in REAL_FILES])
+def test_real_annotation_files_load_as_with_np_load(real_dirs, dataset, name):
+    path = real_dirs[dataset] / name
     _assert_same(load_npy(path, field=path.stem), np.load(path, allow_pickle=True))
 
 
-def test_real_files_need_only_numpy_array_reconstruction():
+def test_real_files_need_only_numpy_array_reconstruction(real_dirs):
     """The allow-list is what the real files need, plus the numpy >= 2 names and numpy scalars."""
     seen: set[tuple[str, str]] = set()
 
@@ -233,8 +247,8 @@ def test_real_files_need_only_numpy_array_reconstruction():
             seen.add((module, name))
             return super().find_class(module, name)
 
-    for path in REAL_FILES:
-        with open(path, "rb") as f:
+    for dataset, name in REAL_FILES:
+        with open(real_dirs[dataset] / name, "rb") as f:
             assert npy_format.read_magic(f) == (1, 0)
             if npy_format.read_array_header_1_0(f)[2].hasobject:
                 Recording(f, encoding="ASCII").load()
@@ -310,9 +324,9 @@ def test_real_thumos_converts_as_before(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_real_activitynet_converts_as_before(tmp_path, monkeypatch):
-    _wtalc_features(tmp_path / "an.npy", np.load(ANET / "duration.npy").reshape(-1), dim=2, dtype=np.float16)
-    safe, trusting = _checksums(monkeypatch, ANET, tmp_path / "an", feature_file=tmp_path / "an.npy",
+def test_real_activitynet_converts_as_before(tmp_path, monkeypatch, anet):
+    _wtalc_features(tmp_path / "an.npy", np.load(anet / "duration.npy").reshape(-1), dim=2, dtype=np.float16)
+    safe, trusting = _checksums(monkeypatch, anet, tmp_path / "an", feature_file=tmp_path / "an.npy",
                                 dtype="float16")
     assert safe == trusting
 
