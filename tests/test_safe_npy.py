@@ -26,9 +26,9 @@ import issf.data.convert as convert
 import run
 from issf.data.convert import PrepareError, convert_wtalc, prepare_from_config
 from issf.data.npy import ALLOWED_GLOBALS, RestrictedUnpickler, load_npy
+from tests import reference
 from tests.conftest import ROOT, compose_cfg
 from tests.test_convert import D, _features, _listing, _obj, _video_table, write_wtalc
-from tests import reference
 from tests.test_convert_real import THUMOS, _wtalc_features
 
 SYSTEM = f"{os.system.__module__}.system"  # posix.system (nt.system on Windows)
