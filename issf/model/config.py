@@ -10,7 +10,7 @@ MEMORY_READS = ("class0", "gt_classes", "all_classes", "shared")
 
 @dataclass
 class CompatConfig:
-    """Behaviours of the released ISSF code (ISSF_SPEC.md section 3), each True = official.
+    """Behaviours of the released ISSF code (docs/released_code.md), each True = official.
 
     The paper-faithful defaults (``experiment=thumos_full``) fix the bugs; ``thumos_official``
     turns every flag on to reproduce the released code.
@@ -32,7 +32,7 @@ class ISSFConfig:
     num_classes: int = 20
     dropout: float = 0.6
     scale: float = 20.0  # cosine-classifier scale sigma
-    # module switches (all off = the base branch alone, ISSF_SPEC.md 4.5)
+    # module switches (all off = the base branch alone, docs/method.md "Base branch alone")
     saliency: bool = True  # SIM + BRM branch
     channel_interaction: bool = True  # channel part of the IIU
     non_salient_branch: bool = True  # second IIU on the non-salient set (lambda mix)

@@ -3,7 +3,7 @@
 Batched over right-padded videos with a boolean mask. Inside, the videos are packed back to back
 (no padding rows) and every per-video operation (temporal differences, attention, pooling) runs on
 its own rows, so that a batch gives the same per-video outputs as one video at a time
-(ISSF_SPEC.md 5) and no work is spent on padding.
+(docs/method.md, "Batching") and no work is spent on padding.
 """
 
 from __future__ import annotations
