@@ -128,7 +128,22 @@ def task_eval(cfg: DictConfig, output_dir: Path) -> dict:
     if not cfg.get("ckpt_path"):
         raise ValueError("task=eval needs ckpt_path=<checkpoint> or detections=<results.json>")
     trainer = build_trainer(cfg)
-    return evaluate_checkpoint(cfg.ckpt_path, trainer, datamodule, output_dir)
+    return evaluate_checkpoint(cfg.ckpt_path, trainer, datamodule, output_dir, evaluation_overrides(cfg))
+
+
+def evaluation_overrides(cfg: DictConfig, task_overrides: list[str] | None = None) -> dict:
+    """The ``data.evaluation.*`` values given on the command line (``task_overrides``, default:
+    this Hydra run's), as dotted keys below ``evaluation``: a checkpoint is evaluated with its own
+    settings, these replaced."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if task_overrides is None:
+        task_overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    prefix = "data.evaluation."
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in task_overrides]
+    return {k[len(prefix):]: OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, k)}),
+                                                     resolve=True)["v"]
+            for k in keys if k.startswith(prefix)}
 
 
 def task_synthesize(cfg: DictConfig, output_dir: Path) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytorch_lightning as pl
 from rich.console import Console
 from rich.table import Table
 
+from issf.evaluation import EvaluationConfig
 from issf.io import write_json
 from issf.module import ISSFModule
 
@@ -71,11 +73,25 @@ def run_test_split(
 
 
 def evaluate_checkpoint(
-    ckpt_path: str, trainer: pl.Trainer, datamodule: pl.LightningDataModule, output_dir: str | os.PathLike
+    ckpt_path: str, trainer: pl.Trainer, datamodule: pl.LightningDataModule, output_dir: str | os.PathLike,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Test a checkpoint with the evaluation settings it was trained with; writes metrics.json."""
+    """Test a checkpoint with the evaluation settings it was trained with, ``overrides`` (dotted
+    keys below the evaluation settings, e.g. ``localization.nms_threshold``) replaced; writes
+    metrics.json with the settings used."""
     module = ISSFModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-    metrics = {"checkpoint": str(ckpt_path), **run_test_split(trainer, module, datamodule, Path(output_dir))}
+    settings = copy.deepcopy(dict(module.hparams.get("evaluation") or {}))
+    for key, value in (overrides or {}).items():
+        *parents, leaf = key.split(".")
+        node = settings
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    module.eval_cfg = EvaluationConfig(**settings)
+    if overrides and trainer.is_global_zero:
+        print(f"evaluation settings of {ckpt_path}, with {overrides}")
+    metrics = {"checkpoint": str(ckpt_path), "evaluation": settings, "evaluation_overrides": dict(overrides or {}),
+               **run_test_split(trainer, module, datamodule, Path(output_dir))}
     if trainer.is_global_zero:
         write_json(Path(output_dir) / "metrics.json", metrics)
     return metrics
@@ -86,7 +102,7 @@ def evaluate_detections_file(
 ) -> dict[str, Any]:
     """Score an external ActivityNet-format results file against the test split."""
     from issf.detections import load_detections
-    from issf.evaluation import EvaluationConfig, VideoEvaluator
+    from issf.evaluation import VideoEvaluator
 
     datamodule.setup()
     gt = datamodule.ground_truth("test")

@@ -96,6 +96,19 @@ def test_eval_of_checkpoint_reproduces_training_test_metrics(tmp_path):
                       f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
     evaluated = run.task_eval(cfg, eval_out)["test"]
     assert evaluated == pytest.approx(logged, abs=1e-12)
+    # a command-line evaluation override is honoured, reported, and changes the figures
+    override = "data.evaluation.localization.max_detections=1"
+    cfg = compose_cfg(tmp_path, "experiment=smoke", "task=eval", f"paths.output_dir={eval_out}", override,
+                      f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
+    changes = run.evaluation_overrides(cfg, [override, "seed=3"])
+    assert changes == {"localization.max_detections": 1}
+    from issf.pipeline import evaluate_checkpoint
+
+    rescored = evaluate_checkpoint(cfg.ckpt_path, run.build_trainer(cfg), run.build_datamodule(cfg), eval_out, changes)
+    saved = json.loads((eval_out / "metrics.json").read_text())
+    assert saved["evaluation"]["localization"]["max_detections"] == 1
+    assert saved["evaluation_overrides"] == changes
+    assert rescored["test"] != pytest.approx(logged, abs=1e-6)
     # and the exported detections score the same through task=eval detections=...
     det_out = tmp_path / "dets"
     cfg = compose_cfg(tmp_path, "experiment=smoke", "task=eval", f"paths.output_dir={det_out}",
