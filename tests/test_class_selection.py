@@ -38,12 +38,12 @@ def test_top_k_localizes_only_the_chosen_classes():
     assert dets.start.min() == 5
 
 
-def flat_scores_evaluation(selection: str) -> tuple[dict, list[warnings.WarningMessage]]:
+def flat_scores_evaluation(localization: dict) -> tuple[dict, list[warnings.WarningMessage]]:
     """Four videos of a 200-class problem whose softmax scores are all below 0.1."""
     classes = [f"c{i}" for i in range(200)]
     gt = GroundTruth(classes, [f"v{i}" for i in range(4)], durations=np.full(4, 64.0),
                      segments=np.array([[6.4, 19.2]] * 4), segment_video=np.arange(4), segment_label=np.arange(4))
-    cfg = EvaluationConfig(tiou_thresholds=[0.5], localization={"class_selection": selection})
+    cfg = EvaluationConfig(tiou_thresholds=[0.5], localization=localization)
     evaluator = VideoEvaluator(gt, cfg, snippet_seconds=0.64)
     scores = torch.full((4, 200), 0.9 / 199)
     cas = torch.zeros(4, 100, 200)
@@ -58,7 +58,7 @@ def flat_scores_evaluation(selection: str) -> tuple[dict, list[warnings.WarningM
 
 
 def test_no_detection_in_most_videos_warns_with_the_threshold_and_score_range():
-    result, caught = flat_scores_evaluation("threshold")
+    result, caught = flat_scores_evaluation({"class_selection": "threshold"})
     assert len(result["detections"]) == 0
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(messages) == 1
@@ -66,8 +66,22 @@ def test_no_detection_in_most_videos_warns_with_the_threshold_and_score_range():
     assert "class_threshold=0.1" in messages[0] and "0.0400..0.0400" in messages[0]
 
 
-def test_top_k_still_detects_with_flat_scores():
-    result, caught = flat_scores_evaluation("top_k")
+def activitynet_localization(tmp_path) -> dict:
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(tmp_path, "experiment=anet_full")
+    return OmegaConf.to_container(cfg.data.evaluation.localization, resolve=True)
+
+
+@pytest.mark.parametrize("selection", ["top_k", "activitynet_default"])
+def test_scale_free_selection_still_detects_with_flat_scores(tmp_path, selection):
+    localization = {"class_selection": "top_k"}
+    if selection == "activitynet_default":
+        localization = activitynet_localization(tmp_path)
+        assert localization["class_selection"] != "threshold"
+    result, caught = flat_scores_evaluation(localization)
     assert not [w for w in caught if "no detection" in str(w.message)]
     assert sorted(set(result["detections"].video.tolist())) == [0, 1, 2, 3]
     assert result["summary"]["mAP@0.5"] == pytest.approx(100.0)
