@@ -144,6 +144,9 @@ MUTATIONS: list[Mutation] = [
              "if epoch > self.ema_epoch:", "if epoch >= self.ema_epoch:", (SCHEDULE, MODEL)),
     Mutation("batch_loss_mean", "batch loss = mean over videos instead of the sum", "issf/module.py",
              "return terms[\"total\"].sum()", "return terms[\"total\"].mean()", (SCHEDULE,)),
+    Mutation("full_model_gt_classes_read", "learning test's full model with the per-class memory read "
+             "(today's default; collapses the pseudo-labels)", "tests/test_learning.py",
+             'memory_read_overrides("class0")', 'memory_read_overrides("gt_classes")', (LEARNING,)),
     # ---------------------------------------------------------------- data and evaluation
     Mutation("evaluator_fixed_064", "evaluator converts with 0.64 s instead of the file's snippet_seconds",
              "issf/evaluation.py", "self.snippet_seconds = snippet_seconds", "self.snippet_seconds = 0.64", (WIRING,)),
@@ -188,8 +191,9 @@ def test_env(copy: Path) -> dict[str, str]:
     return env
 
 
-def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, list[str], float]:
-    """('passed' | 'failed' | 'timeout' | 'error rc=N', failed test ids, seconds)."""
+def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, list[str], dict, float]:
+    """('passed' | 'failed' | 'timeout' | 'error rc=N', failed test ids, {test file: [failed, run]},
+    seconds)."""
     xml = copy / ".mutation-junit.xml"
     xml.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *tests]
@@ -197,17 +201,21 @@ def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, 
     try:
         proc = subprocess.run(cmd, cwd=copy, env=test_env(copy), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return "timeout", [], time.perf_counter() - start
+        return "timeout", [], {}, time.perf_counter() - start
     seconds = time.perf_counter() - start
-    failed = []
+    failed, per_file = [], {Path(t).stem: [0, 0] for t in tests}
     if xml.exists():
         for case in ET.parse(xml).getroot().iter("testcase"):
+            module = case.get("classname", "").rsplit(".", 1)[-1]
+            counts = per_file.setdefault(module, [0, 0])
+            counts[1] += 1
             if case.find("failure") is not None or case.find("error") is not None:
-                failed.append(f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}")
+                failed.append(f"{module}::{case.get('name')}")
+                counts[0] += 1
     status = {0: "passed", 1: "failed"}.get(proc.returncode, f"error rc={proc.returncode}")
     if status.startswith("error"):
         failed.append(proc.stdout[-400:] + proc.stderr[-400:])
-    return status, failed, seconds
+    return status, failed, per_file, seconds
 
 
 def commit() -> str:
@@ -221,7 +229,7 @@ def result_label(status: str) -> str:
     return {"failed": "caught", "passed": "NOT CAUGHT", "timeout": "caught (timeout)"}.get(status, status)
 
 
-def write_report(path: Path, rows: list[dict], baseline_seconds: float, total_seconds: float) -> str:
+def write_report(path: Path, rows: list[dict], revision: str, baseline_seconds: float, total_seconds: float) -> str:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["result"]] = counts.get(r["result"], 0) + 1
@@ -232,20 +240,20 @@ def write_report(path: Path, rows: list[dict], baseline_seconds: float, total_se
         "to a copy of the repository; its test files are run and the mutation is *caught* when a test fails.",
         "",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
-        f"- commit: {commit()}",
+        f"- commit: {revision}",
         f"- python {platform.python_version()}, {os.environ.get('OMP_NUM_THREADS', '?')} OMP thread(s), "
         f"{os.cpu_count()} CPUs",
         f"- unmutated test files: all passed in {baseline_seconds:.0f} s; whole run {total_seconds / 60:.1f} min",
         "- totals: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f" (of {len(rows)})",
         "",
-        "| # | mutation | file | bug | test files | result | failing tests | s |",
+        "| # | mutation | file | bug | result | failed / run, per test file | first failing tests | s |",
         "|---:|---|---|---|---|---|---|---:|",
     ]
     for i, r in enumerate(rows, 1):
-        tests = ", ".join(Path(t).name for t in r["tests"])
-        failing = "; ".join(r["failed"][:4]) + (f"; +{len(r['failed']) - 4} more" if len(r["failed"]) > 4 else "")
+        files = ", ".join(f"{name}.py {f}/{n}" for name, (f, n) in r["per_file"].items()) or "-"
+        failing = "; ".join(r["failed"][:2]) + (f"; +{len(r['failed']) - 2} more" if len(r["failed"]) > 2 else "")
         failing = failing.replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {i} | `{r['name']}` | `{r['file']}` | {r['description']} | {tests} | {r['result']} | "
+        lines.append(f"| {i} | `{r['name']}` | `{r['file']}` | {r['description']} | {r['result']} | {files} | "
                      f"{failing} | {r['seconds']:.0f} |")
     text = "\n".join(lines) + "\n"
     path.write_text(text)
@@ -270,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.name:28s} {m.file:32s} {m.description}")
         return 0
     started = time.perf_counter()
+    revision = commit()  # what the copy holds
     with tempfile.TemporaryDirectory(prefix="issf-mutation-") as tmp:
         copy = Path(tmp) / "repo"
         copy_repository(copy)
@@ -280,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         union = tuple(sorted({t for m in mutations for t in m.tests}))
         print(f"unmutated: {' '.join(union)}", flush=True)
-        status, failed, baseline_seconds = run_tests(copy, union, args.timeout)
+        status, failed, _, baseline_seconds = run_tests(copy, union, args.timeout)
         if status != "passed":
             print(f"the unmutated tests do not pass ({status}): {failed}", file=sys.stderr)
             return 2
@@ -289,20 +298,20 @@ def main(argv: list[str] | None = None) -> int:
             target = copy / m.file
             original = target.read_text() if target.exists() else ""
             row = {"name": m.name, "file": m.file, "description": m.description, "tests": m.tests, "failed": [],
-                   "seconds": 0.0}
+                   "per_file": {}, "seconds": 0.0}
             if original.count(m.old) != 1:
                 row["result"] = "not applicable"
                 row["failed"] = [f"old text found {original.count(m.old)} times"]
             else:
                 target.write_text(original.replace(m.old, m.new))
                 try:
-                    status, row["failed"], row["seconds"] = run_tests(copy, m.tests, args.timeout)
+                    status, row["failed"], row["per_file"], row["seconds"] = run_tests(copy, m.tests, args.timeout)
                 finally:
                     target.write_text(original)
                 row["result"] = result_label(status)
             rows.append(row)
             print(f"{m.name:28s} {row['result']:16s} {row['seconds']:6.0f} s  {'; '.join(row['failed'][:2])}", flush=True)
-    text = write_report(args.report, rows, baseline_seconds, time.perf_counter() - started)
+    text = write_report(args.report, rows, revision, baseline_seconds, time.perf_counter() - started)
     print("\n" + text.split("\n\n")[2].splitlines()[-1])
     return 0 if all(r["result"].startswith("caught") or r["result"] == "not applicable" for r in rows) else 1
 
