@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install run test test-fast lint bench notebook clean
+.PHONY: help install run test test-fast lint bench mutation notebook clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
@@ -31,6 +31,9 @@ lint: $(STAMP)  ## ruff
 
 bench: $(STAMP)  ## benchmarks; results are appended to bench/results.json
 	$(BIN)/python bench/run_all.py
+
+mutation: $(STAMP)  ## re-create plausible model bugs one at a time and check that the tests catch them (~15 min; not in CI)
+	$(BIN)/python bench/mutation.py
 
 notebook: $(STAMP)  ## execute notebooks/analysis.ipynb on the latest run, or ISSF_RUN_DIR=<run> (outputs in logs/notebook/)
 	@mkdir -p logs/notebook

@@ -2,22 +2,55 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 
 import pytest
 
 from bench import common, run_all
 
-SCRIPTS = ["bench_metric", "bench_localize", "bench_data", "bench_train", "run_all"]
+
+class Parsed(Exception):
+    """Raised in place of running a benchmark once its arguments are parsed."""
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_script_imports(name):
-    assert callable(importlib.import_module(f"bench.{name}").main)
+@pytest.mark.parametrize("command", run_all.BENCHMARKS + [["bench/run_all.py"], ["bench/mutation.py"]],
+                         ids=lambda c: Path(c[0]).stem)
+def test_scripts_accept_the_arguments_run_all_passes(command, monkeypatch):
+    """Every script exists and its main() parses the arguments run_all.py gives it plus --quick
+    (run_all's contract), without running the benchmark."""
+    script, *args = command
+    assert (run_all.ROOT / script).is_file()
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, argv=None, namespace=None):
+        raise Parsed(original(self, argv, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    module = importlib.import_module(f"bench.{Path(script).stem}")
+    extra = ["--list"] if script.endswith("mutation.py") else ["--quick"]
+    with pytest.raises(Parsed) as parsed:
+        module.main([*args, *extra])
+    namespace = vars(parsed.value.args[0])
+    assert namespace.get("quick", namespace.get("list")) is True
+    for flag, value in zip(args[::2], args[1::2]):
+        assert str(namespace[flag.lstrip("-").replace("-", "_")]) == value
+
+
+def test_mutations_are_well_formed():
+    from bench import mutation
+
+    names = [m.name for m in mutation.MUTATIONS]
+    assert len(names) == len(set(names)) >= 27
+    for m in mutation.MUTATIONS:
+        assert m.old and m.old != m.new and m.tests, m.name
+        assert all((run_all.ROOT / t).is_file() for t in m.tests), m.name
+        assert (run_all.ROOT / m.file).is_file(), m.name
 
 
 def check_header(entry: dict) -> None:

@@ -79,13 +79,28 @@ def test_sampling_random_for_training_uniform_for_test():
     assert len(short) == 75 and short.max() <= 9
 
 
-def test_sampled_training_is_deterministic_per_epoch(h5):
-    path, _ = h5
+def test_sampled_training_is_deterministic_per_epoch_and_changes_between_epochs(h5):
+    path, videos = h5
     dm = FeatureDataModule(str(path), batch_size=4, train_sample_length=16, seed=5)
-    a = [b["features"] for b in dm.train_dataloader()]
-    b = [b["features"] for b in dm.train_dataloader()]
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert all(x.shape[1] == 16 for x in a)
+
+    def sampled(epoch: int) -> dict[int, torch.Tensor]:
+        loader = dm.train_dataloader()
+        loader.batch_sampler.set_epoch(epoch)  # what Lightning calls at the start of every epoch
+        out = {}
+        for batch in loader:
+            assert batch["features"].shape[1] == 16
+            out.update({int(i): batch["features"][j] for j, i in enumerate(batch["index"])})
+        return out
+
+    first, again, second = sampled(0), sampled(0), sampled(1)
+    assert set(first) == set(second) == set(range(len(dm.train_indices)))
+    assert all(torch.equal(first[i], again[i]) for i in first)  # same seed and epoch: same snippets
+    # a video of >= 48 snippets has >= 3 candidates in each of its 16 strata: a new epoch draws anew
+    long = [i for i in first if len(videos[dm.train_indices[i]].features) >= 48]
+    assert len(long) >= 10
+    assert all(not torch.equal(first[i], second[i]) for i in long)
+    third = sampled(1)
+    assert all(torch.equal(third[i], second[i]) for i in second)
 
 
 def test_missing_file_error_gives_the_prepare_command(tmp_path):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
 
 import pytest
 import torch
 
 from issf.model.config import CompatConfig, ISSFConfig
-from issf.model.memory import SalientMemory, ema_momentum
+from issf.model.memory import SalientMemory
 from issf.model.network import ISSF
 from issf.model.saliency import salient_mask, temporal_difference
 from tests.conftest import padded_batch
@@ -83,8 +84,18 @@ def test_first_snippet_selected_wraps_to_last_valid_snippet():
             assert sal[i, 0] and sal[i, n - 1]
         assert not sal[i, n:].any()
     no_wrap = salient_mask(x, mask, 0.5, wrap_last=False)
-    i = LENGTHS.index(300)
-    assert not no_wrap[i, 299] or temporal_difference(x, mask)[i, 299] > 0
+    diff = temporal_difference(x, mask)
+    for i, n in enumerate(LENGTHS):
+        k = max(int(n * 0.5) - 1, 0)
+        if k == 0:
+            continue
+        last_selected = (n - 1) in torch.topk(diff[i, :n], k).indices.tolist()
+        # without the wrap the last snippet is salient only when selected itself (it has no successor)
+        assert bool(no_wrap[i, n - 1]) == last_selected, n
+        # the wrap adds exactly the last valid snippet and nothing else
+        added = torch.nonzero(sal[i] & ~no_wrap[i]).flatten().tolist()
+        assert added == ([] if last_selected else [n - 1]), n
+        assert not (no_wrap[i] & ~sal[i]).any()
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -124,7 +135,7 @@ def test_memory_update_keeps_top_scores_and_ema():
     assert torch.all(mem.slots[1] == 0)  # other classes untouched
     new = torch.full((1, 4), 100.0)
     mem.update(new, torch.tensor([[0.6, 0.0, 0.0]]), classes=[0], epoch=6)  # EMA epoch
-    m = ema_momentum(6, 10)
+    m = 0.5 * math.log(math.exp(6 / 10) + 1.0)  # 0.5 ln(e^(t/E) + 1), by hand
     expected_top = torch.stack([feats[1], new[0]])
     assert torch.allclose(mem.slots[0], m * feats[[1, 2]] + (1 - m) * expected_top)
     assert torch.allclose(mem.scores[0], torch.tensor([0.8, 0.6]))

@@ -25,7 +25,10 @@ def test_smoke_train_writes_all_outputs(tmp_path):
     metrics = run.task_train(cfg, out)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test"]["AVG(0.1:0.7)"] == pytest.approx(metrics["test"]["AVG(0.1:0.7)"])
-    assert saved["test"]["mAP@0.1"] > 0
+    # a broken model fails these (6 epochs on 24 videos give cls_mAP ~88, AVG(0.1:0.5) ~3.6 vs ~1.5);
+    # tests/test_learning.py measures learning quality proper
+    assert saved["test"]["cls_mAP"] >= 70.0
+    assert saved["test"]["AVG(0.1:0.5)"] > saved["test_baseline"]["AVG(0.1:0.5)"]
     assert {"mAP@0.1", "mAP@0.7", "AVG(0.1:0.5)", "AVG(0.3:0.7)", "cls_mAP"} <= set(saved["test"])
     assert (out / "checkpoints" / "last.ckpt").exists()
     assert (out / "csv" / "metrics.csv").read_text().count("\n") > 1
