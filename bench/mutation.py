@@ -31,7 +31,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import SHARED  # noqa: E402
 
 REPORT = ROOT / "bench" / "mutation_report.md"
 
@@ -84,10 +83,10 @@ MUTATIONS: list[Mutation] = [
              "cas = frames * out.base.attention[..., None] * mask[..., None]", "cas = frames * mask[..., None]",
              (WIRING,)),
     Mutation("teacher_is_base", "pseudo-label teacher = the base branch's own logits", "issf/model/network.py",
-             "teacher = out.saliency.logits", "teacher = out.base.logits", (WIRING,)),
+             "            return out.saliency.logits", "            return out.base.logits", (WIRING,)),
     Mutation("teacher_mix_swapped", "pseudo-label target 0.8 memory + 0.2 saliency", "issf/model/network.py",
-             "teacher = cfg.pl_memory_mix * mem.logits + (1.0 - cfg.pl_memory_mix) * out.saliency.logits",
-             "teacher = (1.0 - cfg.pl_memory_mix) * mem.logits + cfg.pl_memory_mix * out.saliency.logits", (WIRING,)),
+             "return mix * memory.logits + (1.0 - mix) * out.saliency.logits",
+             "return (1.0 - mix) * memory.logits + mix * out.saliency.logits", (WIRING,)),
     Mutation("lambda_swapped", "salient / non-salient weights lambda, 1 - lambda", "issf/model/network.py",
              "salient, packing, weight=1.0 - cfg.lamb)\n"
              "        if cfg.non_salient_branch:\n"
@@ -116,7 +115,8 @@ MUTATIONS: list[Mutation] = [
              (WIRING, MODEL)),
     # ---------------------------------------------------------------- memory
     Mutation("memory_reads_class0", "memory read at class 0 for every class (per-class mode)", "issf/model/network.py",
-             "keys.append(self.memory.read(classes).float())", "keys.append(self.memory.read([0] * len(classes)).float())",
+             "            return list(range(self.cfg.num_classes))\n        return classes",
+             "            return list(range(self.cfg.num_classes))\n        return [0] * len(classes)",
              (WIRING,)),
     Mutation("memory_read_constant", "memory read with the video-mean query: one output for every snippet",
              "issf/model/network.py",
@@ -185,7 +185,7 @@ def copy_repository(dest: Path) -> None:
 
 
 def test_env(copy: Path) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1", "ISSF_SHARED": str(SHARED)}
+    env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
     env.setdefault("OMP_NUM_THREADS", "1")
     env.pop("ISSF_ROOT", None)
     return env
