@@ -144,9 +144,9 @@ MUTATIONS: list[Mutation] = [
              "if epoch > self.ema_epoch:", "if epoch >= self.ema_epoch:", (SCHEDULE, MODEL)),
     Mutation("batch_loss_mean", "batch loss = mean over videos instead of the sum", "issf/module.py",
              "return terms[\"total\"].sum()", "return terms[\"total\"].mean()", (SCHEDULE,)),
-    Mutation("full_model_gt_classes_read", "learning test's full model with the per-class memory read "
-             "(today's default; collapses the pseudo-labels)", "tests/test_learning.py",
-             'memory_read_overrides("class0")', 'memory_read_overrides("gt_classes")', (LEARNING,)),
+    Mutation("default_gt_classes_read", "the recipes' memory read back to the per-class read "
+             "(collapses the pseudo-labels)", "conf/model/issf.yaml",
+             "  memory_read: class0", "  memory_read: gt_classes", (LEARNING,)),
     # ---------------------------------------------------------------- data and evaluation
     Mutation("evaluator_fixed_064", "evaluator converts with 0.64 s instead of the file's snippet_seconds",
              "issf/evaluation.py", "self.snippet_seconds = snippet_seconds", "self.snippet_seconds = 0.64", (WIRING,)),

@@ -54,9 +54,9 @@ def first_snippet_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("batch_fn", [lambda: batch(LENGTHS), first_snippet_batch])
-@pytest.mark.parametrize("compat_class0", [False, True])
-def test_batched_equals_single_video(batch_fn, compat_class0):
-    net = make_net(compat=CompatConfig(memory_class0=compat_class0)).eval()
+@pytest.mark.parametrize("read", ["gt_classes", "class0"])
+def test_batched_equals_single_video(batch_fn, read):
+    net = make_net(memory_read=read).eval()
     fill_memory(net)
     x, mask = batch_fn()
     y = labels_for(len(LENGTHS))
@@ -154,7 +154,7 @@ def test_compat_class0_updates_class0_once_per_gt_class():
     rows = net.memory.slots[0]
     assert any(torch.equal(rows[a], rows[b]) for a, b in itertools.combinations(range(len(rows)), 2))
 
-    fixed = make_net().train()
+    fixed = make_net(memory_read="gt_classes").train()
     fixed.memory.initialized.fill_(True)
     fixed.losses(x, mask, y, epoch=3)
     assert torch.all(fixed.memory.scores[0] == 0)

@@ -46,7 +46,7 @@ class ISSFConfig:
     # class0: the released read/update of class 0's slots for every video (B1); gt_classes: the slots
     # of the video's ground-truth classes; all_classes: every class's slots; shared: one
     # class-agnostic bank of N slots ranked by each candidate's best ground-truth-class score
-    memory_read: str = "gt_classes"
+    memory_read: str = "class0"
     memory_residual: bool = False  # memory feature = query + read (keeps it snippet-specific)
     memory_init_epoch: int = 1  # eval-mode initialisation pass at the end of this epoch
     memory_ema_epoch: int = 85  # EMA blending for epoch index > this
