@@ -55,6 +55,10 @@ class ISSFModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
+        if self.trainer.world_size > 1 and self.device.type == "cpu":
+            # CPU ranks share the cores; and in forked ranks OpenMP's thread pool does not survive
+            # the fork (a parallel region run by the parent leaves the children at its barrier)
+            torch.set_num_threads(1)
         dm = self.trainer.datamodule
         if dm is None:
             return
