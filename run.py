@@ -141,9 +141,8 @@ def evaluation_overrides(cfg: DictConfig, task_overrides: list[str] | None = Non
         task_overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     prefix = "data.evaluation."
     keys = [o.split("=", 1)[0].lstrip("+~") for o in task_overrides]
-    return {k[len(prefix):]: OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, k)}),
-                                                     resolve=True)["v"]
-            for k in keys if k.startswith(prefix)}
+    values = {k[len(prefix):]: OmegaConf.select(cfg, k) for k in keys if k.startswith(prefix)}
+    return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in values.items()}
 
 
 def task_synthesize(cfg: DictConfig, output_dir: Path) -> dict:

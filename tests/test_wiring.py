@@ -10,8 +10,6 @@ snippet length, and batch labels by file index.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -20,7 +18,7 @@ import torch
 from issf.data.datamodule import FeatureDataModule
 from issf.data.h5 import VideoEntry, write_feature_file
 from issf.evaluation import EvaluationConfig, VideoEvaluator
-from issf.model.config import CompatConfig, ISSFConfig
+from issf.model.config import ISSFConfig
 from issf.model.network import ISSF
 from issf.model.saliency import select_salient
 from tests.conftest import padded_batch
@@ -32,10 +30,8 @@ SCALE = 5.0  # a mild cosine scale keeps the branches' softmax outputs apart (20
 
 def memory_read_kwargs(mode: str) -> dict:
     """Network kwargs for a memory read ``mode``: "gt_classes" (keys of the video's classes, the
-    paper's wording) or "class0" (the released code). Uses ``memory_read`` once the config has it."""
-    if "memory_read" in {f.name for f in dataclasses.fields(ISSFConfig)}:
-        return {"memory_read": mode}
-    return {"compat": CompatConfig(memory_class0=mode == "class0")}
+    paper's wording) or "class0" (the released code)."""
+    return {"memory_read": mode}
 
 
 def make_net(**kw) -> ISSF:
@@ -233,31 +229,32 @@ def hand_read(net: ISSF, fused: torch.Tensor, classes: list[int]) -> torch.Tenso
     return torch.softmax(fused @ keys.T, dim=-1) @ keys
 
 
-def test_memory_read_uses_the_video_classes_and_is_snippet_specific():
-    net = make_net()
+def memory_reads(mode: str) -> list[tuple[torch.Tensor, torch.Tensor, list[int]]]:
+    """Per video of ``inputs()``: the memory branch's snippet logits, the refined features and the
+    ground-truth classes, for a filled memory read in ``mode``."""
+    net = make_net(**memory_read_kwargs(mode))
     fill_memory(net)
     x, mask, y = inputs()
     out = net(x, mask)
     mem = net.memory_branch(out, y, epoch=3, update=False)
     fused = padded(out, out.fused)
-    for b, n in enumerate(LENGTHS):
-        classes = torch.nonzero(y[b]).flatten().tolist()
-        read = hand_read(net, fused[b, :n], classes)
+    return net, [(mem.logits[b, :n], fused[b, :n], torch.nonzero(y[b]).flatten().tolist())
+                 for b, n in enumerate(LENGTHS)]
+
+
+def test_memory_read_uses_the_video_classes_and_is_snippet_specific():
+    net, videos = memory_reads("gt_classes")
+    for logits, fused, classes in videos:
+        read = hand_read(net, fused, classes)
         assert (read - read[:1]).abs().max() > 1e-2  # every snippet reads its own mix of keys
-        torch.testing.assert_close(mem.logits[b, :n], cosine_logits(net, read))
-        assert (mem.logits[b, :n] - mem.logits[b, :1]).abs().max() > 1e-2
+        torch.testing.assert_close(logits, cosine_logits(net, read))
+        assert (logits - logits[:1]).abs().max() > 1e-2
 
 
 def test_memory_read_in_the_released_class0_mode_uses_class0_keys():
-    net = make_net(**memory_read_kwargs("class0"))
-    fill_memory(net)
-    x, mask, y = inputs()
-    out = net(x, mask)
-    mem = net.memory_branch(out, y, epoch=3, update=False)
-    fused = padded(out, out.fused)
-    for b, n in enumerate(LENGTHS):
-        classes = [0] * int(y[b].sum())
-        torch.testing.assert_close(mem.logits[b, :n], cosine_logits(net, hand_read(net, fused[b, :n], classes)))
+    net, videos = memory_reads("class0")
+    for logits, fused, classes in videos:
+        torch.testing.assert_close(logits, cosine_logits(net, hand_read(net, fused, [0] * len(classes))))
 
 
 def test_memory_candidates_are_the_salient_snippets():

@@ -101,7 +101,9 @@ class ISSF(nn.Module):
             return list(range(self.cfg.num_classes))
         return classes
 
-    def _write_args(self, scores: torch.Tensor, classes: list[int], init: bool = False):
+    def _write_args(
+        self, scores: torch.Tensor, classes: list[int], init: bool = False
+    ) -> tuple[torch.Tensor, list[int]]:
         """Scores and memory rows one video's candidates are inserted with. The released
         initialisation pass writes the ground-truth classes also in class-0 mode."""
         read = self.cfg.memory_read
