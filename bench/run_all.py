@@ -25,6 +25,7 @@ BENCHMARKS = [
     ["bench/bench_metric.py"],
     ["bench/bench_localize.py"],
     ["bench/bench_data.py"],
+    ["bench/bench_anet.py"],
     ["bench/bench_train.py", "--threads", "1", "--modes", "batched,single"],
 ]
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
