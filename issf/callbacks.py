@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 
 class RNGStateCallback(pl.Callback):
@@ -46,3 +47,25 @@ def _python_state_to_list(state: tuple) -> list:
 def _python_state_from_list(state: list) -> tuple:
     version, internal, gauss = state
     return version, tuple(internal), gauss
+
+
+class RunModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose best-checkpoint tracking survives a resume into another run
+    directory: Lightning's restores the best score and paths only when ``dirpath`` is unchanged,
+    so a run resumed elsewhere would forget its best epoch and report a worse "best" checkpoint.
+    (Files outside ``dirpath`` are never deleted by Lightning, so the old run's stay.)"""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict({**state_dict, "dirpath": self.dirpath})
+
+
+class LogHistoryOnResume(pl.Callback):
+    """At the start of training, cut each resumable log's history back to the epoch training starts
+    from: a resumed run re-logs the epoch it was killed in, a fresh run starts a new history."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if hasattr(logger, "keep_epochs_before"):
+                logger.keep_epochs_before(trainer.current_epoch)

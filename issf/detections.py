@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from issf.data.annotations import GroundTruth
+from issf.io import atomic_write
 from issf.localize import Detections
 
 VERSION = "VERSION 1.3"
@@ -73,15 +75,9 @@ def save_detections(
         "external_data": {"used": False, "details": ""} if external_data is None else external_data,
     }
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(payload, f, allow_nan=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    text = json.dumps(payload, allow_nan=False)
+    with atomic_write(path, "w") as f:
+        f.write(text)
     return path
 
 
@@ -144,4 +140,24 @@ def load_detections(path: str | os.PathLike, ground_truth: GroundTruth) -> Detec
             end.append(seg[1])
             label.append(class_index[lab])
             score.append(sc)
-    return Detections(video, start, end, label, score, units="seconds")
+    dets = Detections(video, start, end, label, score, units="seconds")
+    _warn_about_coverage(path, dets, ground_truth, len(results))
+    return dets
+
+
+def _warn_about_coverage(path: Path, dets: Detections, ground_truth: GroundTruth, listed: int) -> None:
+    """Warnings with counts for what the protocol accepts but a user should know: detections outside
+    ``[0, duration]`` (the official evaluation scores them as they are), and a file that covers few
+    of the ground truth's videos (the others count as missed)."""
+    if len(dets):
+        duration = ground_truth.durations[dets.video]
+        outside = (dets.start < 0) | (dets.end > duration + 1e-6)
+        if outside.any():
+            warnings.warn(f"{path}: {int(outside.sum())} of {len(dets)} detections in "
+                          f"{len(np.unique(dets.video[outside]))} videos reach outside [0, duration]; scored as "
+                          f"they are, as the official evaluation does", UserWarning, stacklevel=3)
+    with_gt = np.unique(ground_truth.segment_video)
+    covered = np.isin(with_gt, dets.video).sum()
+    if len(with_gt) and covered < 0.5 * len(with_gt):
+        warnings.warn(f"{path}: detections for {covered} of the {len(with_gt)} annotated videos ({listed} videos "
+                      f"listed); the others count as missed", UserWarning, stacklevel=3)

@@ -11,10 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from issf.config_types import check_field_types
 from issf.data.annotations import GroundTruth
 from issf.localize import Detections, LocalizationConfig, localize
 from issf.metrics import TemporalDetectionMAP
 
+PROTOCOLS = ("anet", "wtalc")
 THUMOS_AVERAGES = {"AVG(0.1:0.5)": (0.1, 0.5), "AVG(0.3:0.7)": (0.3, 0.7), "AVG(0.1:0.7)": (0.1, 0.7)}
 
 
@@ -28,6 +30,11 @@ class EvaluationConfig:
     compat_locmap_return0: bool = False
     average_ranges: dict[str, Any] = field(default_factory=lambda: dict(THUMOS_AVERAGES))
     localization: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_field_types(self, "data.evaluation.")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"data.evaluation.protocol: expected one of {PROTOCOLS}, got {self.protocol!r}")
 
     def localization_config(self) -> LocalizationConfig:
         return LocalizationConfig(**self.localization)

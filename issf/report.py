@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from issf.io import atomic_write
+
 SEED_KEYS = ("seed",)
 CURVE_METRICS = ("AVG(0.1:0.7)", "AVG")  # the first one a run logged is the curve's metric
 
@@ -134,8 +136,9 @@ def write_report(multirun_dir: str | os.PathLike, output_dir: str | os.PathLike 
         epochs = curves[0]["epochs"]
         markdown += (f"\nValidation curve, {CURVE_METRICS[0]} (or AVG) at epochs {', '.join(map(str, epochs))}:\n\n"
                      + curves_to_markdown(curves))
-    (out / "report.md").write_text(markdown)
-    with open(out / "report.csv", "w", newline="") as f:
+    with atomic_write(out / "report.md", "w") as f:
+        f.write(markdown)
+    with atomic_write(out / "report.csv", "w") as f:
         writer = csv.writer(f)
         writer.writerow(["configuration", "seeds"] + [f"{c} {s}" for c in columns for s in ("mean", "std")])
         for row in table:

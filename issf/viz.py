@@ -22,6 +22,7 @@ from matplotlib.patches import Patch
 
 from issf.data.annotations import GroundTruth
 from issf.errors import CATEGORIES, ErrorBreakdown
+from issf.io import atomic_write
 from issf.localize import Detections
 
 CATEGORY_LABELS = {
@@ -372,11 +373,13 @@ def plot_map_curves(
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Write ``fig`` as a PNG (parent folders created) and release it; returns the path."""
+    """Write ``fig`` as a PNG atomically (parent folders created) and release it; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is not None:  # a figure made through pyplot is also registered there
-        pyplot.close(fig)
+    try:
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, dpi=dpi, format="png")
+    finally:
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:  # a figure made through pyplot is also registered there
+            pyplot.close(fig)
     return path

@@ -173,6 +173,29 @@ def _check_unique(ids: Sequence[str], *, file: Path, field: str) -> None:
         seen.add(vid)
 
 
+def _label_key(label: str) -> str:
+    return "".join(ch for ch in label.lower() if ch.isalnum())
+
+
+def _check_no_near_duplicates(classes: list[str], database: Mapping[str, Any], *, file: Path) -> None:
+    """Labels equal up to case, spaces, ``_`` and ``-`` are one class misspelt: name both spellings
+    and a video using the rarer one."""
+    groups: dict[str, list[str]] = {}
+    for c in classes:
+        groups.setdefault(_label_key(c), []).append(c)
+    for names in groups.values():
+        if len(names) > 1:
+            uses = Counter(str(a.get("label")) for rec in database.values() for a in rec.get("annotations", []))
+            rare = min(names, key=lambda n: uses[n])
+            video = next(v for v, rec in database.items() if any(str(a.get("label")) == rare
+                                                                 for a in rec.get("annotations", [])))
+            raise PrepareError(
+                f"labels {', '.join(repr(n) for n in names)} differ only in case/spacing "
+                f"({', '.join(str(uses[n]) for n in names)} uses): one class misspelt? Fix the annotation, "
+                f"pass a class list (class_names=...), or allow_similar_labels=true to keep them apart",
+                file=file, video=video, field="annotations.label")
+
+
 def _class_indices(names: list[str], index: Mapping[str, int], *, file: Path, video: str, field: str) -> np.ndarray:
     for name in names:
         if name not in index:
@@ -553,6 +576,7 @@ def convert_per_video(
     feature_name: str | None = None,
     past_end: str = "keep",
     length_tolerance: float | None = 3.0,
+    allow_similar_labels: bool = False,
 ) -> ConversionReport:
     """Convert per-video ``.npy`` features plus a JSON annotation file into ``out_path``.
 
@@ -563,7 +587,9 @@ def convert_per_video(
     ``splits`` maps output subsets to text files of video ids (one per line) and then decides
     which videos are converted; otherwise each record's ``subset`` is mapped by ``subset_map``
     (identity by default; unmapped videos are skipped and counted). ``class_names`` (a list, or a
-    ``.npy``/``.txt`` file) defaults to the sorted labels of the whole annotation file. Features
+    ``.npy``/``.txt`` file) defaults to the sorted labels of the whole annotation file; labels that
+    differ only in case, spaces, ``_`` or ``-`` (a misspelling splitting one class in two) are then
+    an error unless ``allow_similar_labels``. Features
     are read one video at a time, memory-mapped: ``feature_dir/<file_pattern>`` or, with
     ``rgb_flow``, ``feature_dir/rgb/<file_pattern>`` and ``feature_dir/flow/<file_pattern>``
     concatenated (rgb first).
@@ -618,6 +644,8 @@ def convert_per_video(
         _check_unique(classes, file=class_names if is_file else "class_names argument", field="class_names")
     else:
         classes = sorted({str(a.get("label")) for rec in database.values() for a in rec.get("annotations", [])})
+        if not allow_similar_labels:
+            _check_no_near_duplicates(classes, database, file=annotation_file)
     class_index = {c: i for i, c in enumerate(classes)}
 
     notes: list[str] = []

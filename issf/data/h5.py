@@ -21,9 +21,12 @@ interval arrays live in ``bounds`` beside their index arrays.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +36,7 @@ import h5py
 import numpy as np
 
 from issf.data.annotations import GroundTruth
+from issf.io import remove_stale_temporaries, temporary_path
 
 SCHEMA_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
@@ -75,7 +79,9 @@ def write_feature_file(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (task option `overwrite=true`) to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    for stale in remove_stale_temporaries(path.parent, path.name):
+        print(f"removed {stale}, left by an interrupted process", file=sys.stderr)
+    tmp = temporary_path(path)
     np_dtype = np.dtype(dtype)
     if np_dtype not in (np.float16, np.float32):
         raise ValueError(f"feature dtype must be float16 or float32, got {dtype}")
@@ -104,6 +110,7 @@ def write_feature_file(
                         f"video {entry.video_id}: feature dim {x.shape[1]} differs from {feats.shape[1]}"
                     )
                 xs = x.astype(np_dtype, copy=False)
+                _ensure_space(tmp, 2 * xs.nbytes, path, entry.video_id)
                 n0 = feats.shape[0]
                 feats.resize(n0 + len(xs), axis=0)
                 feats[n0:] = xs
@@ -157,6 +164,33 @@ def write_feature_file(
     return path
 
 
+# left free on the disk while features are appended: HDF5 must be able to flush its caches and close
+# the file cleanly (a write that fails inside HDF5 on a full disk leaves it unable to close, and the
+# process crashes when it exits)
+SPACE_MARGIN_BYTES = 16 * 2**20
+
+
+def _ensure_space(tmp: Path, nbytes: int, path: Path, video_id: str) -> None:
+    free = shutil.disk_usage(tmp.parent).free
+    if free < nbytes + SPACE_MARGIN_BYTES:
+        raise OSError(errno.ENOSPC, f"not enough space left for {path} at video {video_id}: {free / 2**20:.1f} MiB "
+                                    f"free, {(nbytes + SPACE_MARGIN_BYTES) / 2**20:.1f} MiB needed to go on")
+
+
+class FeatureFileError(ValueError):
+    """A feature file that cannot be used; the message names the file (and video, field)."""
+
+
+# the annotation arrays covered by the checksum, in the order they are hashed
+_CHECKSUMMED = ("video/offsets", "video/duration", "video/labels", "segments/bounds", "segments/video",
+                "segments/label", "ambiguous/bounds", "ambiguous/video")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class FeatureFile:
     """Read access to a feature file: metadata in memory, features read lazily per video.
 
@@ -170,27 +204,77 @@ class FeatureFile:
             raise FileNotFoundError(f"feature file not found: {self.path}")
         self._handle: h5py.File | None = None
         self._pid: int | None = None
-        with h5py.File(self.path, "r") as f:
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError as err:
+            raise FeatureFileError(f"feature file {self.path}: cannot be opened as HDF5 ({_first_line(err)}); "
+                                   f"empty, truncated or not a feature file: prepare it again") from err
+        with f:
             version = int(f.attrs.get("schema_version", -1))
             if version != SCHEMA_VERSION:
-                raise ValueError(f"{self.path}: schema version {version}, expected {SCHEMA_VERSION}")
-            self.class_names: list[str] = json.loads(f.attrs["classes"])
-            self.snippet_seconds = float(f.attrs["snippet_seconds"])
-            self.feature_name = str(f.attrs["feature_name"])
-            self.feature_dim = int(f.attrs["feature_dim"])
-            self.checksum = str(f.attrs["checksum"])
-            self.source = json.loads(f.attrs["source"])
-            self.offsets = f["video/offsets"][()]
-            self.video_ids = [s.decode() if isinstance(s, bytes) else s for s in f["video/ids"][()]]
-            self.subsets = np.asarray([s.decode() if isinstance(s, bytes) else s for s in f["video/subset"][()]])
-            self.durations = f["video/duration"][()]
-            self.labels = f["video/labels"][()]
-            self.segments = f["segments/bounds"][()]
-            self.segment_video = f["segments/video"][()].astype(np.int64)
-            self.segment_label = f["segments/label"][()].astype(np.int64)
-            self.ambiguous = f["ambiguous/bounds"][()]
-            self.ambiguous_video = f["ambiguous/video"][()].astype(np.int64)
+                raise FeatureFileError(f"feature file {self.path}: schema version {version}, expected {SCHEMA_VERSION}")
+            try:
+                self.class_names: list[str] = json.loads(f.attrs["classes"])
+                self.snippet_seconds = float(f.attrs["snippet_seconds"])
+                self.feature_name = str(f.attrs["feature_name"])
+                self.feature_dim = int(f.attrs["feature_dim"])
+                self.checksum = str(f.attrs["checksum"])
+                self.source = json.loads(f.attrs["source"])
+                self.offsets = f["video/offsets"][()]
+                self.video_ids = [s.decode() if isinstance(s, bytes) else s for s in f["video/ids"][()]]
+                self.subsets = np.asarray([s.decode() if isinstance(s, bytes) else s for s in f["video/subset"][()]])
+                self.durations = f["video/duration"][()]
+                self.labels = f["video/labels"][()]
+                self.segments = f["segments/bounds"][()]
+                self.segment_video = f["segments/video"][()].astype(np.int64)
+                self.segment_label = f["segments/label"][()].astype(np.int64)
+                self.ambiguous = f["ambiguous/bounds"][()]
+                self.ambiguous_video = f["ambiguous/video"][()].astype(np.int64)
+                feature_shape = f["features"].shape
+            except (KeyError, OSError, ValueError) as err:
+                raise FeatureFileError(f"feature file {self.path}: missing or unreadable field "
+                                       f"({_first_line(err)}); prepare it again") from err
         self.lengths = np.diff(self.offsets)
+        self._check_layout(feature_shape)
+
+    def _check_layout(self, feature_shape: tuple[int, ...]) -> None:
+        """Cross-check the metadata against each other and the feature array."""
+        n = len(self.video_ids)
+        problems = []
+        if len(self.offsets) != n + 1 or self.offsets[0] != 0 or np.any(self.lengths <= 0):
+            problems.append("video/offsets is not an increasing list starting at 0 with one entry per video + 1")
+        elif self.offsets[-1] != feature_shape[0]:
+            problems.append(f"video/offsets ends at {self.offsets[-1]} but features has {feature_shape[0]} rows")
+        if len(feature_shape) != 2 or feature_shape[1] != self.feature_dim:
+            problems.append(f"features has shape {feature_shape}, attribute feature_dim is {self.feature_dim}")
+        for name, arr in (("video/subset", self.subsets), ("video/duration", self.durations), ("video/labels", self.labels)):
+            if len(arr) != n:
+                problems.append(f"{name} has {len(arr)} entries for {n} videos")
+        if self.labels.ndim != 2 or self.labels.shape[1] != len(self.class_names):
+            problems.append(f"video/labels has shape {self.labels.shape} for {len(self.class_names)} classes")
+        for name, idx in (("segments/video", self.segment_video), ("ambiguous/video", self.ambiguous_video)):
+            if len(idx) and (idx.min() < 0 or idx.max() >= n):
+                problems.append(f"{name} points outside the {n} videos")
+        if len(self.segment_label) and (self.segment_label.min() < 0 or self.segment_label.max() >= len(self.class_names)):
+            problems.append("segments/label points outside the class list")
+        if problems:
+            raise FeatureFileError(f"feature file {self.path}: {'; '.join(problems)}")
+
+    def verify(self) -> str:
+        """Recompute the SHA-256 stored at prepare time over features and annotations; raise
+        :class:`FeatureFileError` when it differs (bytes changed since). Returns the checksum."""
+        digest = hashlib.sha256()
+        f = self._file()
+        for v in range(len(self)):
+            digest.update(np.ascontiguousarray(f["features"][self.offsets[v] : self.offsets[v + 1]]).tobytes())
+        for name in _CHECKSUMMED:
+            digest.update(name.encode() + np.ascontiguousarray(f[name][()]).tobytes())
+        digest.update("\n".join(self.video_ids + list(self.subsets) + list(self.class_names)).encode())
+        found = "sha256:" + digest.hexdigest()
+        if found != self.checksum:
+            raise FeatureFileError(f"feature file {self.path}: checksum {found} differs from the {self.checksum} "
+                                   f"stored when it was prepared: its content changed; prepare it again")
+        return found
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -219,7 +303,16 @@ class FeatureFile:
     def features(self, video: int) -> np.ndarray:
         """[T, D] features of one video as float32 (one contiguous read)."""
         lo, hi = self.offsets[video], self.offsets[video + 1]
-        return self._file()["features"][lo:hi].astype(np.float32, copy=False)
+        try:
+            x = self._file()["features"][lo:hi].astype(np.float32, copy=False)
+        except OSError as err:
+            raise FeatureFileError(f"feature file {self.path}: video {self.video_ids[video]}: features cannot be "
+                                   f"read ({_first_line(err)}); the file is damaged: prepare it again") from err
+        if not np.isfinite(x).all():
+            snippet, dim = np.argwhere(~np.isfinite(x))[0]
+            raise FeatureFileError(f"feature file {self.path}: video {self.video_ids[video]}: non-finite value "
+                                   f"{x[snippet, dim]} at snippet {snippet}, feature {dim}")
+        return x
 
     def indices(self, subsets: str | list[str] | None) -> np.ndarray:
         """File indices of the videos whose subset is one of ``subsets`` (all when None), file order."""

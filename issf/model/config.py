@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from issf.config_types import check_field_types
+
 # How the memory branch reads (and fills) the memory; see ISSF.memory_branch.
 MEMORY_READS = ("class0", "gt_classes", "all_classes", "shared")
 
@@ -21,6 +23,9 @@ class CompatConfig:
     saliency_after_dropout: bool = True  # B5: temporal differences on post-dropout features
     memory_store_post_dropout: bool = True  # B11: training updates insert post-dropout features
     saliency_skip_first: bool = False  # B4 option: exclude snippet 0 (difference to zero) from ranking
+
+    def __post_init__(self) -> None:
+        check_field_types(self, "model.network.compat.")
 
 
 @dataclass
@@ -65,6 +70,7 @@ class ISSFConfig:
     def __post_init__(self) -> None:
         if isinstance(self.compat, dict):
             self.compat = CompatConfig(**self.compat)
+        check_field_types(self, "model.network.")
         if not 0.0 < self.saliency_ratio <= 1.0:
             raise ValueError(f"saliency_ratio must be in (0, 1], got {self.saliency_ratio}")
         if self.memory_read not in MEMORY_READS:
