@@ -1,4 +1,4 @@
-"""issf command line: `python run.py [task=train|eval|prepare|synthesize|report] [overrides]`.
+"""issf command line: `python run.py [task=train|eval|prepare|synthesize|verify|report] [overrides]`.
 
 The only Hydra entry point; it builds objects from the config and hands them to the `issf` library.
 """
@@ -6,11 +6,15 @@ The only Hydra entry point; it builds objects from the config and hands them to 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from issf.io import atomic_write
 
 
 def ensure_data(cfg: DictConfig) -> None:
@@ -21,6 +25,17 @@ def ensure_data(cfg: DictConfig) -> None:
 
     synth = SyntheticConfig(**OmegaConf.to_container(cfg.data.synthetic, resolve=True))
     ensure_dataset(synth, cfg.data.datamodule.path)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check the network and evaluation settings by type and value before any work is done (a
+    mistyped option fails at once, naming the key, not after the dataset is generated)."""
+    from issf.evaluation import EvaluationConfig
+    from issf.model.config import ISSFConfig
+
+    ISSFConfig(**OmegaConf.to_container(cfg.model.network, resolve=True))
+    evaluation = EvaluationConfig(**OmegaConf.to_container(cfg.data.evaluation, resolve=True))
+    evaluation.localization_config()
 
 
 def build_datamodule(cfg: DictConfig):
@@ -50,27 +65,115 @@ def _plain_config(cfg: DictConfig) -> dict:
     return rename(OmegaConf.to_container(cfg, resolve=True))
 
 
+def flat_config(cfg: DictConfig) -> dict:
+    """The settings a W&B user filters runs by, as flat dotted keys: task, experiment and ablation
+    preset, seed, and every value below ``model``, ``data`` (generator and prepare options left
+    out) and ``trainer``."""
+    flat = {"task": cfg.task, "seed": cfg.seed, **hydra_choices()}
+
+    def walk(prefix: str, node) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}", value)
+        else:
+            flat[prefix] = node
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for group in ("model", "data", "trainer"):
+        node = resolved.get(group) or {}
+        walk(group, {k: v for k, v in node.items() if k not in ("synthetic", "prepare", "run_config")})
+    return flat
+
+
+def hydra_choices() -> dict:
+    """The experiment and ablation preset this run was composed with (empty outside a Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {k: choices[k] for k in ("experiment", "ablation", "data") if choices.get(k)}
+
+
+def wandb_identity(cfg: DictConfig, task_overrides: list[str]) -> tuple[str, list[str]]:
+    """W&B run name (experiment + the overrides that set this run apart, e.g.
+    ``thumos_full-ablation=full-seed=3``) and tags (the configured ones + ablation preset + seed)."""
+    choices = hydra_choices()
+    skip = ("paths.", "hydra.", "logger", "callbacks", "experiment=", "ckpt_path=")
+    parts = [o.lstrip("+~") for o in task_overrides if not o.lstrip("+~").startswith(skip)]
+    name = "-".join([choices.get("experiment", "run"), *parts])
+    tags = [*(cfg.get("tags") or []), f"seed={cfg.seed}"]
+    if choices.get("ablation"):
+        tags.append(f"ablation={choices['ablation']}")
+    return name, tags
+
+
 def build_trainer(cfg: DictConfig):
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            logger.log_hyperparams(flat_config(cfg))
     return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
 def task_train(cfg: DictConfig, output_dir: Path) -> dict:
     import pytorch_lightning as pl
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from issf.pipeline import fit_and_test
 
+    validate_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     ensure_data(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
+    if cfg.get("ckpt_path"):
+        check_checkpoint(cfg.ckpt_path, module.hparams.num_classes, module.hparams.input_dim)
+        carry_history(Path(cfg.ckpt_path), output_dir)
     trainer = build_trainer(cfg)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Lightning's handler alone: it stops at the next step
     try:
         return fit_and_test(trainer, module, datamodule, output_dir, ckpt_path=cfg.get("ckpt_path"),
                             test=cfg.test_after_fit)
+    except SIGTERMException:  # Lightning stops at the next step; last.ckpt holds the last whole epoch
+        resume = output_dir / "checkpoints" / "last.ckpt"
+        print(f"stopped by SIGTERM; resume with: python run.py {' '.join(_command_overrides())} "
+              f"ckpt_path={resume}" if resume.is_file() else "stopped by SIGTERM before the first epoch ended",
+              file=sys.stderr)
+        raise SystemExit(SIGTERM_EXIT_CODE) from None
     finally:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         _teardown_ddp_children(trainer)
+
+
+SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process killed by it
+
+
+def check_checkpoint(path: str, num_classes: int, input_dim: int) -> None:
+    """Fail early, naming the file, when ``path`` is not an issf checkpoint or does not fit the data."""
+    from issf.checkpoints import check_checkpoint_fits, read_checkpoint
+
+    check_checkpoint_fits(read_checkpoint(path), path, num_classes, input_dim)
+
+
+def carry_history(ckpt_path: Path, output_dir: Path) -> None:
+    """A run resumed into a new directory starts from a copy of the old run's CSV history."""
+    import shutil
+
+    old = ckpt_path.resolve().parent.parent / "csv" / "metrics.csv"
+    new = output_dir / "csv" / "metrics.csv"
+    if old.is_file() and not new.exists() and old.resolve() != new.resolve():
+        new.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(old, new)
+
+
+def _command_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,6 +223,9 @@ def _teardown_ddp_children(trainer) -> None:
 def task_eval(cfg: DictConfig, output_dir: Path) -> dict:
     from issf.pipeline import evaluate_checkpoint, evaluate_detections_file
 
+    validate_config(cfg)
+    if cfg.get("ckpt_path") and not cfg.get("detections"):
+        use_checkpoint_data(cfg)
     ensure_data(cfg)
     datamodule = build_datamodule(cfg)
     if cfg.get("detections"):
@@ -129,6 +235,35 @@ def task_eval(cfg: DictConfig, output_dir: Path) -> dict:
         raise ValueError("task=eval needs ckpt_path=<checkpoint> or detections=<results.json>")
     trainer = build_trainer(cfg)
     return evaluate_checkpoint(cfg.ckpt_path, trainer, datamodule, output_dir, evaluation_overrides(cfg))
+
+
+def use_checkpoint_data(cfg: DictConfig, task_overrides: list[str] | None = None) -> None:
+    """``task=eval ckpt_path=...``: evaluate on the data the checkpoint was trained on (its stored run
+    config), unless ``data=``/``experiment=``/``data.*`` is given on the command line."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from issf.checkpoints import read_checkpoint
+
+    if task_overrides is None:
+        task_overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in task_overrides]
+    if any(k in ("data", "experiment") or (k.startswith("data.") and not k.startswith("data.evaluation"))
+           for k in keys):
+        return
+    stored = read_checkpoint(cfg.ckpt_path)["hyper_parameters"].get("run_config", {}).get("data")
+    if not stored:
+        return
+
+    def restore(node):  # run_config stores `_target_` as `target` (run._plain_config)
+        if isinstance(node, dict):
+            return {("_target_" if k == "target" else k): restore(v) for k, v in node.items()}
+        return [restore(v) for v in node] if isinstance(node, list) else node
+
+    data = OmegaConf.create(restore(stored))
+    data.evaluation = cfg.data.evaluation  # where command-line evaluation overrides are read from
+    with open_dict(cfg):
+        cfg.data = data
+    print(f"data of {cfg.ckpt_path}: {cfg.data.get('name')} ({cfg.data.datamodule.path})")
 
 
 def evaluation_overrides(cfg: DictConfig, task_overrides: list[str] | None = None) -> dict:
@@ -150,6 +285,16 @@ def task_synthesize(cfg: DictConfig, output_dir: Path) -> dict:
     return {"path": cfg.data.datamodule.path}
 
 
+def task_verify(cfg: DictConfig, output_dir: Path) -> dict:
+    """Recompute the feature file's checksum and compare it with the one stored at prepare time."""
+    from issf.data.h5 import FeatureFile
+
+    path = cfg.data.datamodule.path
+    checksum = FeatureFile(path).verify()
+    print(f"{path}: content unchanged since it was prepared ({checksum})")
+    return {"path": path, "checksum": checksum}
+
+
 def task_prepare(cfg: DictConfig, output_dir: Path) -> dict:
     from issf.data.convert import prepare_from_config
 
@@ -164,6 +309,7 @@ def task_report(cfg: DictConfig, output_dir: Path) -> dict:
     if not cfg.get("dir"):
         raise ValueError("task=report needs dir=<multirun directory>")
     report = write_report(cfg.dir)
+    print(f"wrote {Path(cfg.dir) / 'report.md'} and {Path(cfg.dir) / 'report.csv'}")
     if cfg.get("logger") and cfg.logger.get("wandb"):
         log_report_to_wandb(report, cfg, Path(cfg.dir))
     return report
@@ -183,7 +329,7 @@ def log_report_to_wandb(report: dict, cfg: DictConfig, sweep_dir: Path) -> None:
 
 
 TASKS = {"train": task_train, "eval": task_eval, "synthesize": task_synthesize, "prepare": task_prepare,
-         "report": task_report}
+         "verify": task_verify, "report": task_report}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -195,16 +341,63 @@ def main(cfg: DictConfig) -> float | None:
         raise ValueError(f"unknown task={cfg.task!r}; choose one of {sorted(TASKS)}")
     hc = HydraConfig.get()
     output_dir = Path(hc.runtime.output_dir)
+    # SIGTERM unwinds like an error, so files being written are cleaned up (training replaces this
+    # handler with Lightning's, which stops at the next step)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     _patch_ddp_launcher()
-    if hc.mode == RunMode.MULTIRUN and cfg.get("logger") and cfg.logger.get("wandb"):
-        cfg.logger.wandb.group = cfg.logger.wandb.group or Path(hc.sweep.dir).name  # one W&B group per sweep
-    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    try:
-        result = TASKS[cfg.task](cfg, output_dir)
-    finally:
-        _finish_wandb()
+    if cfg.get("logger") and cfg.logger.get("wandb"):
+        name, tags = wandb_identity(cfg, list(hc.overrides.task))
+        cfg.logger.wandb.name = cfg.logger.wandb.name or name
+        cfg.logger.wandb.tags = tags
+        if hc.mode == RunMode.MULTIRUN:
+            cfg.logger.wandb.group = cfg.logger.wandb.group or Path(hc.sweep.dir).name  # one W&B group per sweep
+    with run_directory_lock(output_dir):
+        with atomic_write(output_dir / "config_resolved.yaml", "w") as f:
+            f.write(OmegaConf.to_yaml(cfg, resolve=True))
+        try:
+            result = TASKS[cfg.task](cfg, output_dir)
+        finally:
+            _finish_wandb()
+    if cfg.task in ("train", "eval") and os.environ.get("LOCAL_RANK", "0") == "0":
+        written = sorted(p.name + ("/" if p.is_dir() else "") for p in output_dir.iterdir() if not p.name.startswith("."))
+        print(f"run directory: {output_dir}\n  {' '.join(written)}")
     value = (result or {}).get("test", {}).get(cfg.get("optimized_metric") or "AVG")
     return float(value) if value is not None else None
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(SIGTERM_EXIT_CODE)
+
+
+def run_directory_lock(output_dir: Path):
+    """The run directory's lock (issf.run_lock), taken by the launching process only: DDP ranks it
+    starts write into the same directory."""
+    import contextlib
+
+    from issf.run_lock import RunDirectoryLock
+
+    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+        return contextlib.nullcontext()
+    return RunDirectoryLock(output_dir)
+
+
+def resume_directory(task: str, ckpt_path: str | None, default: str) -> str:
+    """Hydra resolver for ``hydra.run.dir``: training resumed from ``<run>/checkpoints/*.ckpt``
+    continues in ``<run>`` (its logs, best checkpoint and history), any other run gets ``default``."""
+    if task == "train" and ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
+        return str(Path(ckpt_path).resolve().parent.parent)
+    return default
+
+
+def known_task(task: str) -> str:
+    """Hydra resolver for the output paths: an unknown task stops before Hydra makes its directory."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task={task!r}; choose one of {', '.join(sorted(TASKS))}")
+    return task
+
+
+OmegaConf.register_new_resolver("resume_directory", resume_directory, replace=True)
+OmegaConf.register_new_resolver("known_task", known_task, replace=True)
 
 
 def _finish_wandb() -> None:
@@ -217,6 +410,29 @@ def _finish_wandb() -> None:
             wandb.finish()
 
 
+class SweepSummary(Callback):
+    """Hydra callback: at the end of a multirun, name its directory and the report command."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
+        sweep_dir = config.hydra.sweep.dir
+        print(f"sweep directory: {sweep_dir}\ntable of the jobs: python run.py task=report dir={sweep_dir}")
+
+
+def _check_task_argument(argv: list[str]) -> None:
+    """A mistyped ``task=`` stops with one line, before Hydra makes any directory (the
+    ``known_task`` resolver is the backstop for other ways of setting it)."""
+    for arg in argv:
+        if arg.startswith("task="):
+            for task in arg.split("=", 1)[1].split(","):
+                if task not in TASKS:
+                    sys.exit(f"run.py: unknown task={task!r}; choose one of {', '.join(sorted(TASKS))}")
+
+
 if __name__ == "__main__":
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    if "--version" in sys.argv[1:]:
+        from issf import __version__
+
+        sys.exit(print(f"issf {__version__}"))
+    _check_task_argument(sys.argv[1:])
     main()

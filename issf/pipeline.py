@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,23 +13,32 @@ import pytorch_lightning as pl
 from rich.console import Console
 from rich.table import Table
 
+from issf.checkpoints import check_checkpoint_fits, read_checkpoint
 from issf.evaluation import EvaluationConfig
 from issf.io import write_json
 from issf.module import ISSFModule
 
 
 def print_table(title: str, rows: dict[str, dict[str, float]]) -> None:
-    """Print mAP summaries (one row per entry) as a table on the console."""
+    """Print mAP summaries (one row per entry) as a table on the console: as wide as the terminal
+    (200 columns when the output is not a terminal), missing values as "-", and an average that
+    repeats another column (``AVG`` over the same tIoUs as ``AVG(0.1:0.7)``) shown once."""
     if not rows:
         return
-    columns = list(next(iter(rows.values())).keys())
+    first = next(iter(rows.values()))
+    columns = [c for c in first if not (c == "AVG" and any(
+        k.startswith("AVG(") and all(r.get(k) == r.get("AVG") for r in rows.values()) for k in first))]
     table = Table(title=title)
     table.add_column("")
     for c in columns:
         table.add_column(c, justify="right")
     for name, values in rows.items():
-        table.add_row(name, *[f"{values.get(c, float('nan')):.2f}" for c in columns])
-    Console(width=200).print(table)
+        table.add_row(name, *[_cell(values.get(c)) for c in columns])
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.2f}"
 
 
 def fit_and_test(
@@ -39,28 +49,72 @@ def fit_and_test(
     and detections.json into ``output_dir``; returns the metrics dictionary."""
     output_dir = Path(output_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    metrics: dict[str, Any] = {"epochs": trainer.current_epoch}
+    metrics: dict[str, Any] = {"epochs": _epochs_done(trainer)}
     last_val = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if last_val:
         metrics["val_last"] = last_val
     checkpoint = trainer.checkpoint_callback
-    if checkpoint is not None and checkpoint.best_model_score is not None:
-        metrics["val_best"] = {"score": float(checkpoint.best_model_score), "path": checkpoint.best_model_path}
+    best_score = _best_score(checkpoint)
+    if best_score is not None:
+        metrics["val_best"] = {"score": best_score, "path": _relative_to(checkpoint.best_model_path, output_dir),
+                               "epoch": _checkpoint_epoch(checkpoint.best_model_path)}
     if test:
         metrics.update(run_test_split(trainer, module, datamodule, output_dir))
         best = checkpoint.best_model_path if checkpoint is not None else ""
         if best:
             # the official code reports the best of its test-set evaluations (B16,
             # docs/released_code.md): keep both figures
-            metrics.update(run_test_split(trainer, module, datamodule, output_dir, ckpt_path=best, tag="test_best_ckpt"))
+            metrics.update(run_test_split(trainer, module, datamodule, output_dir, ckpt_path=best, tag="test_best_ckpt",
+                                          title=f"test_best_ckpt (epoch {_checkpoint_epoch(best)})"))
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", metrics)
     return metrics
 
 
+def _epochs_done(trainer: pl.Trainer) -> int:
+    """Training epochs completed. A fork/spawn DDP launcher hands back the weights and the trainer
+    state but not the loop counters, so the main process then reads the last checkpoint's epoch."""
+    if trainer.current_epoch == 0 and trainer.max_epochs:
+        for callback in trainer.checkpoint_callbacks:
+            last = Path(callback.dirpath or "") / "last.ckpt"
+            if callback.dirpath and last.is_file():
+                return int(read_checkpoint(last)["epoch"]) + 1
+    return trainer.current_epoch
+
+
+def _best_score(checkpoint: Any) -> float | None:
+    """The best monitored score; read from the best checkpoint's own callback state when a fork/spawn
+    DDP launcher handed back only its path."""
+    if checkpoint is None:
+        return None
+    if checkpoint.best_model_score is not None:
+        return float(checkpoint.best_model_score)
+    if checkpoint.best_model_path and Path(checkpoint.best_model_path).is_file():
+        states = read_checkpoint(checkpoint.best_model_path).get("callbacks", {})
+        for key, state in states.items():
+            if key.startswith(type(checkpoint).__name__) and state.get("monitor") == checkpoint.monitor:
+                score = state.get("best_model_score")
+                return None if score is None else float(score)
+    return None
+
+
+def _checkpoint_epoch(path: str) -> int | None:
+    """The epoch (counted from 0, as in the CSV log and checkpoint names) a checkpoint was saved at."""
+    return int(read_checkpoint(path)["epoch"]) if path and Path(path).is_file() else None
+
+
+def _relative_to(path: str, folder: Path) -> str:
+    """``path`` relative to the run directory when inside it (metrics.json does not depend on where
+    the run directory lies)."""
+    try:
+        return str(Path(path).resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path)
+
+
 def run_test_split(
     trainer: pl.Trainer, module: ISSFModule, datamodule: pl.LightningDataModule, output_dir: Path,
-    ckpt_path: str | None = None, tag: str = "test",
+    ckpt_path: str | None = None, tag: str = "test", title: str | None = None,
 ) -> dict[str, Any]:
     """Run the test split; the module (rank 0) writes the detections of the tested weights and a
     results file, read back here (this also works when the strategy forks or spawns workers)."""
@@ -68,7 +122,7 @@ def run_test_split(
     trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     result = json.loads((Path(output_dir) / f"{tag}_results.json").read_text())
     if trainer.is_global_zero:
-        print_table(f"{tag}: mAP (%)", {tag: result["summary"], "whole-video baseline": result["baseline"]})
+        print_table(f"{title or tag}: mAP (%)", {tag: result["summary"], "whole-video baseline": result["baseline"]})
     return {tag: result["summary"], f"{tag}_per_class_ap": result["per_class"], f"{tag}_baseline": result["baseline"]}
 
 
@@ -79,6 +133,9 @@ def evaluate_checkpoint(
     """Test a checkpoint with the evaluation settings it was trained with, ``overrides`` (dotted
     keys below the evaluation settings, e.g. ``localization.nms_threshold``) replaced; writes
     metrics.json with the settings used."""
+    checkpoint = read_checkpoint(ckpt_path)  # names the file when it is not a usable checkpoint
+    datamodule.setup()
+    check_checkpoint_fits(checkpoint, ckpt_path, len(datamodule.class_names), datamodule.feature_dim)
     module = ISSFModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     settings = copy.deepcopy(dict(module.hparams.get("evaluation") or {}))
     for key, value in (overrides or {}).items():

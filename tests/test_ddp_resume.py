@@ -70,7 +70,12 @@ def test_ddp_cpu_memory_identical_on_ranks_and_metric_equals_single_process(tmp_
     assert m0["reads"] == m1["reads"] == 2 * 3
     assert m0["after_init"] is not None and not torch.equal(m0["slots"], m0["after_init"])
     assert torch.equal(m0["slots"], m1["slots"]) and torch.equal(m0["scores"], m1["scores"])
-    ddp_metrics = json.loads((out / "metrics.json").read_text())["test"]
+    saved = json.loads((out / "metrics.json").read_text())
+    ddp_metrics = saved["test"]
+    # the main process reports what the ranks trained: epochs, best evaluation, the CSV history
+    assert saved["epochs"] == 3 and saved["val_best"]["epoch"] in (0, 1, 2) and saved["val_best"]["score"] > 0
+    history = (out / "csv" / "metrics.csv").read_text()
+    assert history.count("\n") >= 1 + 3 + 1 + 2 and "train/loss_total" in history.splitlines()[0]  # train, val, test rows
 
     # the same weights evaluated by one process give the same numbers
     single_out = tmp_path / "single"
@@ -118,6 +123,10 @@ def test_eval_of_checkpoint_reproduces_training_test_metrics(tmp_path):
                       f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
     evaluated = run.task_eval(cfg, eval_out)["test"]
     assert evaluated == pytest.approx(logged, abs=1e-12)
+    # without experiment=smoke: the checkpoint's own data, and no default dataset generated
+    cfg = compose_cfg(tmp_path, "task=eval", f"paths.output_dir={eval_out}", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
+    assert run.task_eval(cfg, eval_out)["test"] == pytest.approx(logged, abs=1e-12)
+    assert sorted(p.name for p in (tmp_path / "data").glob("*.h5")) == ["synthetic_smoke.h5"]
     # a command-line evaluation override is honoured, reported, and changes the figures
     override = "data.evaluation.localization.max_detections=1"
     cfg = compose_cfg(tmp_path, "experiment=smoke", "task=eval", f"paths.output_dir={eval_out}", override,

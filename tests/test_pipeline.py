@@ -69,7 +69,24 @@ def test_help_and_cfg_job_work():
     for args in (["--help"], ["--cfg", "job", "experiment=thumos_full"]):
         out = subprocess.run([sys.executable, "run.py", *args], cwd=root, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
+        if args == ["--help"]:
+            assert "Tasks (task=...)" in out.stdout and "verify" in out.stdout and "experiment:" in out.stdout
     assert "thumos14.h5" in out.stdout and "protocol: wtalc" in out.stdout
+
+
+def test_version_and_unknown_task_create_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    import issf
+
+    root = Path(run.__file__).resolve().parent
+    out = subprocess.run([sys.executable, "run.py", "--version"], cwd=root, capture_output=True, text=True)
+    assert out.stdout.strip() == f"issf {issf.__version__}"
+    out = subprocess.run([sys.executable, "run.py", "task=trian", f"paths.root_dir={tmp_path}"], cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "unknown task='trian'" in out.stderr and len(out.stderr.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_real_data_names_the_prepare_command(tmp_path):
