@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from issf.config_types import check_field_types
+
 #: Exact doubles of ``np.arange(0.001, 0.04, 0.002)`` (some are not the decimal literals).
 DEFAULT_CAS_THRESHOLDS: tuple[float, ...] = tuple(float(t) for t in np.arange(0.001, 0.04, 0.002))
 
@@ -47,6 +49,9 @@ class LocalizationConfig:
       times the video's top score) or ``"top_k"`` (the ``class_top_k`` highest video scores). The
       last two do not depend on how flat a softmax over many classes is.
     * ``max_detections``: keep at most this many detections per video (highest scores) after NMS.
+    * ``fallback_whole_video``: a video whose CAS yields no proposal (its CAS never crosses the
+      fixed CAS thresholds, as with the flat CAS of a softmax over many classes) gets one detection
+      instead: its top class over the whole video, scored with that class's video score.
     * ``compat_end_plus_one``: the official proposal geometry (inner mean over ``s:e+1``, stored end
       ``e + 1``, outer after-region from ``e + 1`` capped at ``T - 1``). ``False`` gives the clean
       geometry: proposal ``[s, e)``, inner mean over ``s:e``, outer ``ceil(L * outer_ratio)``
@@ -66,9 +71,11 @@ class LocalizationConfig:
     score: str = "contrast"
     upsample: int = 1
     max_detections: int | None = None
+    fallback_whole_video: bool = False
     compat_end_plus_one: bool = True
 
     def __post_init__(self) -> None:
+        check_field_types(self, "data.evaluation.localization.")
         self.cas_thresholds = tuple(float(t) for t in self.cas_thresholds)
         self.class_threshold = float(self.class_threshold)  # a Python float: compared in the scores' dtype
         if self.class_selection not in CLASS_SELECTIONS:
@@ -366,6 +373,23 @@ def localize_video(
     Identical candidates (same class, start and end; pooled from several thresholds) are merged
     before NMS, and score ties are broken by earlier start, then earlier end.
     """
+    cfg = cfg or LocalizationConfig()
+    dets = _localize_proposals(cas, video_scores, cfg, video)
+    if len(dets) or not cfg.fallback_whole_video or len(cas) == 0:
+        return dets
+    vs = np.asarray(video_scores).reshape(-1)
+    top = int(np.argmax(vs))
+    return Detections(np.array([video]), np.array([0.0]), np.array([float(len(cas))]), np.array([top]),
+                      np.array([float(vs[top])]))
+
+
+def _localize_proposals(
+    cas: np.ndarray,
+    video_scores: np.ndarray,
+    cfg: LocalizationConfig | None = None,
+    video: int = 0,
+) -> Detections:
+    """Detections of :func:`localize_video` from the CAS proposals alone (may be empty)."""
     cfg = cfg or LocalizationConfig()
     cas = np.asarray(cas)
     vs = np.asarray(video_scores).reshape(-1)

@@ -85,3 +85,17 @@ def test_scale_free_selection_still_detects_with_flat_scores(tmp_path, selection
     assert not [w for w in caught if "no detection" in str(w.message)]
     assert sorted(set(result["detections"].video.tolist())) == [0, 1, 2, 3]
     assert result["summary"]["mAP@0.5"] == pytest.approx(100.0)
+
+
+def test_a_cas_below_every_threshold_falls_back_to_the_top_class_over_the_whole_video():
+    from issf.localize import LocalizationConfig, localize_video
+
+    cas = np.full((30, 3), 0.0005, np.float32)  # a flat softmax-like CAS: crosses no CAS threshold
+    scores = np.array([0.01, 0.02, 0.005], np.float32)
+    assert len(localize_video(cas, scores, LocalizationConfig(class_selection="relative"), video=4)) == 0
+    dets = localize_video(cas, scores, LocalizationConfig(class_selection="relative", fallback_whole_video=True), 4)
+    assert (dets.video.tolist(), dets.start.tolist(), dets.end.tolist(), dets.label.tolist()) == ([4], [0.0], [30.0], [1])
+    assert dets.score.tolist() == pytest.approx([0.02])
+    cas[5:12, 1] = 0.2  # with proposals, no fallback row is added
+    dets = localize_video(cas, scores, LocalizationConfig(class_selection="relative", fallback_whole_video=True), 4)
+    assert len(dets) >= 1 and not np.any((dets.start == 0) & (dets.end == 30))
