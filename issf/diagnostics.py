@@ -1,5 +1,6 @@
 """Run diagnostics: timeline plots of a few fixed videos during training, summary charts after
-testing, and the same figures, detections and mAP summary on W&B when a ``WandbLogger`` is used.
+testing, and the same figures, detections and mAP summary on W&B when a ``WandbLogger`` is used
+(the figures also on TensorBoard with a ``TensorBoardLogger``).
 
 PNGs go to ``<trainer.default_root_dir>/<out_subdir>/<tag>_epoch<NNN>_<name>.png`` where ``tag``
 is ``val``, ``test`` or ``test_ckpt`` (a test of weights loaded from a checkpoint). Only the
@@ -17,8 +18,9 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
+from matplotlib import image as mpimg
 from matplotlib.figure import Figure
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from issf.data.annotations import GroundTruth
 from issf.errors import error_breakdown
@@ -194,6 +196,11 @@ class DiagnosticPlots(pl.Callback):
             payload = {f"plots/{tag}/{name}": wandb.Image(str(path), caption=f"{name}, epoch {trainer.current_epoch}")
                        for name, path in images.items()}
             self._log_wandb(trainer, {**payload, "epoch": trainer.current_epoch})
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                for name, path in images.items():
+                    self._guarded("TensorBoard image", logger.experiment.add_image, f"plots/{tag}/{name}",
+                                  mpimg.imread(path)[..., :3], trainer.global_step, dataformats="HWC")
         return list(images.values())
 
     def log_tables(self, trainer: pl.Trainer, pl_module: Any, split: str, tag: str) -> None:

@@ -209,3 +209,20 @@ def test_smoke_run_writes_plots(tmp_path):
         expected |= {f"{tag}_epoch003_{n}.png" for n in [*videos, "per_class_ap", "errors", "map_curves"]}
     assert names == expected
     assert all(is_png(plots / n) for n in names)
+
+
+def test_tensorboard_gets_the_same_figures(tmp_path):
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = TensorBoardLogger(save_dir=str(tmp_path), name="tb", version="")
+    cb = DiagnosticPlots(num_videos=2)
+    cb.on_validation_end(stub_trainer(tmp_path, 4, loggers=[tb]), StubModule())
+    cb.on_test_end(stub_trainer(tmp_path, 5, loggers=[tb]), StubModule())
+    tb.experiment.flush()
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    images = set(events.Tags()["images"])
+    assert {"plots/val/v1", "plots/val/v2", "plots/test/v1", "plots/test/per_class_ap", "plots/test/errors"} <= images
+    (first,) = events.Images("plots/val/v1")
+    assert first.step == 40 and first.width > 100 and first.height > 100

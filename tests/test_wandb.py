@@ -141,3 +141,17 @@ def test_offline_run_holds_metrics_images_and_tables(tmp_path, offline_env):
     config_keys = {i.key for r in wandb_records(log_file) if r.WhichOneof("record_type") == "config"
                    for i in r.config.update}
     assert {"num_classes", "network"} <= config_keys
+
+
+def test_wandb_run_name_tags_and_flat_config(tmp_path, monkeypatch):
+    cfg = compose_cfg(tmp_path, "experiment=thumos_full", "+ablation=full", "seed=3", "logger=wandb")
+    monkeypatch.setattr(run, "hydra_choices", lambda: {"experiment": "thumos_full", "ablation": "full"})
+    name, tags = run.wandb_identity(cfg, ["experiment=thumos_full", "+ablation=full", "seed=3",
+                                          f"paths.root_dir={tmp_path}", "~callbacks.progress_bar"])
+    assert name == "thumos_full-ablation=full-seed=3"
+    assert {"seed=3", "ablation=full"} <= set(tags) and set(cfg.tags) <= set(tags)
+    flat = run.flat_config(cfg)
+    assert flat["seed"] == 3 and flat["experiment"] == "thumos_full" and flat["ablation"] == "full"
+    assert flat["model.network.memory_read"] == "class0" and flat["data.evaluation.protocol"] == "wtalc"
+    assert not any(isinstance(v, dict) for v in flat.values())
+    assert not any(k.startswith(("data.synthetic", "data.prepare", "paths", "hydra")) for k in flat)
