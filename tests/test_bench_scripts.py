@@ -91,3 +91,18 @@ def test_summary_table():
     lines = run_all.summary(entries).splitlines()
     assert len(lines) == 4
     assert "snippets/s" in lines[1] and "s/epoch" in lines[3] and "localize: synthetic" in lines[2]
+
+
+def test_bench_anet_quick_records(tmp_path, monkeypatch):
+    from bench import bench_anet
+
+    path = tmp_path / "results.json"
+    monkeypatch.setattr(bench_anet, "record", partial(common.record, path=path))
+    bench_anet.main(["--quick"])
+    evaluation, training = json.loads(path.read_text())
+    check_header(evaluation)
+    assert evaluation["benchmark"] == "anet_eval" and evaluation["videos"] == 200
+    assert evaluation["detections"] > 0 and 0 < evaluation["AVG(0.5:0.95)"] <= 100
+    assert 1 <= evaluation["classes_localized_per_video"] < 20  # relative selection, not every class
+    assert training["benchmark"] == "anet_train" and training["snippets_per_second"] > 0
+    assert run_all.value_unit(training) == (training["snippets_per_second"], "snippets/s")
