@@ -3,7 +3,8 @@ testing, and the same figures, detections and mAP summary on W&B when a ``WandbL
 (the figures also on TensorBoard with a ``TensorBoardLogger``).
 
 PNGs go to ``<trainer.default_root_dir>/<out_subdir>/<tag>_epoch<NNN>_<name>.png`` where ``tag``
-is ``val``, ``test`` or ``test_ckpt`` (a test of weights loaded from a checkpoint). Only the
+is ``val``, ``test`` or ``test_best_ckpt`` (a test of weights loaded from a checkpoint; ``NNN`` is
+the 0-based epoch of the weights evaluated, as in the CSV log and the checkpoint names). Only the
 global-zero process plots and logs. A failing figure is reported as a warning and skipped.
 """
 
@@ -22,6 +23,7 @@ from matplotlib import image as mpimg
 from matplotlib.figure import Figure
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
+from issf.checkpoints import CheckpointError, read_checkpoint
 from issf.data.annotations import GroundTruth
 from issf.errors import error_breakdown
 from issf.localize import Detections
@@ -49,6 +51,20 @@ def choose_videos(gt: GroundTruth, num_videos: int, video_ids: Sequence[str] | N
         return [index[v] for v in video_ids if v in index]
     with_gt = np.unique(gt.segment_video)
     return [int(v) for v in with_gt[:num_videos]]
+
+
+def evaluated_epoch(trainer: Any, split: str) -> int:
+    """The 0-based epoch whose weights an evaluation scored, counted as in the CSV log and the
+    checkpoint names: the current epoch for validation, the last trained one for the test of the
+    last weights, the checkpoint's own epoch for a test of a checkpoint."""
+    if split != "test":
+        return int(trainer.current_epoch)
+    if trainer.ckpt_path:
+        try:
+            return int(read_checkpoint(trainer.ckpt_path)["epoch"])
+        except (CheckpointError, KeyError):
+            pass
+    return max(0, int(trainer.current_epoch) - 1)
 
 
 def safe_name(text: str) -> str:
@@ -149,7 +165,7 @@ class DiagnosticPlots(pl.Callback):
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        tag = "test" if trainer.ckpt_path is None else "test_ckpt"
+        tag = "test" if trainer.ckpt_path is None else "test_best_ckpt"
         self._guarded("test plots", self.plot_evaluation, trainer, pl_module, "test", tag)
         self._guarded("test tables", self.log_tables, trainer, pl_module, "test", tag)
 
@@ -165,7 +181,8 @@ class DiagnosticPlots(pl.Callback):
             log.info("DiagnosticPlots: no %s results to plot", split)
             return []
         gt, dets = results["ground_truth"], results["detections"]
-        prefix = f"{tag}_epoch{trainer.current_epoch:03d}"
+        epoch = evaluated_epoch(trainer, split)
+        prefix = f"{tag}_epoch{epoch:03d}"
         figures: dict[str, Callable[[], Figure]] = {}
         file = getattr(getattr(trainer, "datamodule", None), "file", None)
         if file is None:
@@ -178,7 +195,7 @@ class DiagnosticPlots(pl.Callback):
                     pl_module, file.features(index[vid]), gt, v, dets)
         if split == "test":
             figures["per_class_ap"] = lambda: plot_per_class_ap(
-                results["per_class"], title=f"{tag}: per-class AP (%), epoch {trainer.current_epoch}")
+                results["per_class"], title=f"{tag}: per-class AP (%), epoch {epoch}")
             figures["errors"] = lambda: self._errors_figure(pl_module, dets, gt)
             csv_path = self._metrics_csv(trainer)
             if csv_path is not None:
@@ -193,9 +210,9 @@ class DiagnosticPlots(pl.Callback):
         if images and self._wandb_loggers(trainer):
             import wandb
 
-            payload = {f"plots/{tag}/{name}": wandb.Image(str(path), caption=f"{name}, epoch {trainer.current_epoch}")
+            payload = {f"plots/{tag}/{name}": wandb.Image(str(path), caption=f"{name}, epoch {epoch}")
                        for name, path in images.items()}
-            self._log_wandb(trainer, {**payload, "epoch": trainer.current_epoch})
+            self._log_wandb(trainer, {**payload, "epoch": epoch})
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 for name, path in images.items():
@@ -218,7 +235,7 @@ class DiagnosticPlots(pl.Callback):
                 columns=DETECTION_COLUMNS, data=detection_rows(results["detections"], gt, self.max_table_rows)),
             f"{tag}/summary": wandb.Table(columns=columns, data=rows),
             f"{tag}/per_class_ap": wandb.Table(columns=["class", "AP"], data=per_class),
-            "epoch": trainer.current_epoch,
+            "epoch": evaluated_epoch(trainer, split),
         })
 
     # ------------------------------------------------------------------ helpers

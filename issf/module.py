@@ -126,8 +126,10 @@ class ISSFModule(pl.LightningModule):
 
     def _eval_epoch_end(self, split: str) -> None:
         results = self.evaluators[split].compute()
-        summary = {f"{split}/{k}": v for k, v in results["summary"].items()}
-        summary[f"{split}/cls_mAP"] = 100.0 * float(self.cls_map[split].compute())
+        # the best checkpoint's test is logged as test_best_ckpt/*, apart from the last weights' test/*
+        prefix = self.test_tag if split == "test" else split
+        summary = {f"{prefix}/{k}": v for k, v in results["summary"].items()}
+        summary[f"{prefix}/cls_mAP"] = 100.0 * float(self.cls_map[split].compute())
         self.log_dict(summary, sync_dist=False)
         detections = results["detections"]
         if self.trainer.world_size > 1:

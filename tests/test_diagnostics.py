@@ -141,8 +141,8 @@ def test_test_end_writes_timelines_and_summary_charts(tmp_path):
     cb.on_test_end(stub_trainer(tmp_path, 3, loggers=[csv]), StubModule())
     cb.on_test_end(stub_trainer(tmp_path, 3, ckpt_path="best.ckpt"), StubModule())
     out = tmp_path / "figs"
-    expected = {f"test_epoch003_{n}.png" for n in ("v1", "per_class_ap", "errors", "map_curves")}
-    expected |= {f"test_ckpt_epoch003_{n}.png" for n in ("v1", "per_class_ap", "errors")}
+    expected = {f"test_epoch002_{n}.png" for n in ("v1", "per_class_ap", "errors", "map_curves")}
+    expected |= {f"test_best_ckpt_epoch002_{n}.png" for n in ("v1", "per_class_ap", "errors")}
     assert {p.name for p in out.iterdir()} == expected
     assert all(is_png(out / f) for f in expected)
 
@@ -153,7 +153,7 @@ def test_failures_are_warnings_and_other_figures_still_come(tmp_path, caplog):
         cb.on_test_end(stub_trainer(tmp_path, 1), StubModule(fail=True))
     assert "model exploded" in caplog.text
     assert {p.name for p in (tmp_path / "plots").iterdir()} == {
-        "test_epoch001_per_class_ap.png", "test_epoch001_errors.png"}
+        "test_epoch000_per_class_ap.png", "test_epoch000_errors.png"}
 
 
 def test_only_global_zero_plots(tmp_path):
@@ -199,14 +199,15 @@ def test_smoke_run_writes_plots(tmp_path):
                       "trainer.check_val_every_n_epoch=1", "callbacks.plots.every_n_evals=2",
                       "callbacks.plots.num_videos=2")
     out = tmp_path / "out"
-    run.task_train(cfg, out)
+    metrics = run.task_train(cfg, out)
     plots = out / "plots"
     names = {p.name for p in plots.iterdir()}
     videos = sorted({n.split("_", 2)[2][: -len(".png")] for n in names if n.startswith("val_")})
     assert len(videos) == 2, names
     expected = {f"val_epoch{e:03d}_{v}.png" for e in (0, 2) for v in videos}
-    for tag in ("test", "test_ckpt"):
-        expected |= {f"{tag}_epoch003_{n}.png" for n in [*videos, "per_class_ap", "errors", "map_curves"]}
+    # epochs counted from 0 everywhere: the last weights are epoch 2's, the best checkpoint's its own
+    for tag, epoch in (("test", 2), ("test_best_ckpt", metrics["val_best"]["epoch"])):
+        expected |= {f"{tag}_epoch{epoch:03d}_{n}.png" for n in [*videos, "per_class_ap", "errors", "map_curves"]}
     assert names == expected
     assert all(is_png(plots / n) for n in names)
 
