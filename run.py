@@ -24,7 +24,10 @@ def ensure_data(cfg: DictConfig) -> None:
     from issf.data.synthetic import SyntheticConfig, ensure_dataset
 
     synth = SyntheticConfig(**OmegaConf.to_container(cfg.data.synthetic, resolve=True))
-    ensure_dataset(synth, cfg.data.datamodule.path)
+    path = Path(cfg.data.datamodule.path)
+    if not path.exists():
+        print(f"generating the built-in dataset {path} ({synth.num_train} training / {synth.num_test} test videos)")
+    ensure_dataset(synth, path)
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -344,6 +347,7 @@ def main(cfg: DictConfig) -> float | None:
     # SIGTERM unwinds like an error, so files being written are cleaned up (training replaces this
     # handler with Lightning's, which stops at the next step)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    quiet_third_party()
     _patch_ddp_launcher()
     if cfg.get("logger") and cfg.logger.get("wandb"):
         name, tags = wandb_identity(cfg, list(hc.overrides.task))
@@ -354,6 +358,8 @@ def main(cfg: DictConfig) -> float | None:
     with run_directory_lock(output_dir):
         with atomic_write(output_dir / "config_resolved.yaml", "w") as f:
             f.write(OmegaConf.to_yaml(cfg, resolve=True))
+        if cfg.task in ("train", "eval") and cfg.get("print_config", True) and os.environ.get("LOCAL_RANK", "0") == "0":
+            print_config_tree(cfg)
         try:
             result = TASKS[cfg.task](cfg, output_dir)
         finally:
@@ -363,6 +369,35 @@ def main(cfg: DictConfig) -> float | None:
         print(f"run directory: {output_dir}\n  {' '.join(written)}")
     value = (result or {}).get("test", {}).get(cfg.get("optimized_metric") or "AVG")
     return float(value) if value is not None else None
+
+
+# known third-party console noise, filtered in this one place: deprecation notes of Lightning's
+# internals, its advertising and accelerator lines, W&B's notice about an unused setting
+_NOISY_WARNINGS = (r".*LeafSpec.*", r".*anonymous setting has no effect.*")
+_NOISY_LIGHTNING_LINES = ("litlogger", "GPU available", "TPU available", "HPU available")
+
+
+def quiet_third_party() -> None:
+    import logging
+    import warnings
+
+    for pattern in _NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+        lambda record: not any(text in record.getMessage() for text in _NOISY_LIGHTNING_LINES))
+
+
+def print_config_tree(cfg: DictConfig) -> None:
+    """The resolved config as a tree, one branch per top-level group (as lightning-hydra-template)."""
+    from rich import print as rich_print
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config", guide_style="dim")
+    for key, value in cfg.items():
+        text = OmegaConf.to_yaml(value, resolve=True) if OmegaConf.is_config(value) else str(value)
+        tree.add(str(key)).add(Syntax(text.rstrip(), "yaml", theme="ansi_dark"))
+    rich_print(tree)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
