@@ -50,6 +50,8 @@ def fit_and_test(
     output_dir = Path(output_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics: dict[str, Any] = {"epochs": _epochs_done(trainer)}
+    if trainer.current_epoch != metrics["epochs"]:  # a fork/spawn launcher: test rows log the same epoch
+        trainer.fit_loop.epoch_progress.current.completed = metrics["epochs"]
     last_val = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if last_val:
         metrics["val_last"] = last_val

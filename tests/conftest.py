@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.reference import REFERENCE, ROOT  # noqa: F401  (the one definition of the reference folder)
@@ -34,3 +35,16 @@ def compose_cfg(tmp_path: Path, *overrides: str):
             config_name="config",
             overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/out", *overrides],
         )
+
+
+@pytest.fixture
+def offline_env(tmp_path, monkeypatch):
+    """W&B offline, quiet, with every W&B folder in tmp_path and an unreachable server."""
+    monkeypatch.delenv("ISSF_WANDB_OFFLINE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for name, value in {
+        "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": tmp_path / "wandb_dir",
+        "WANDB_CONFIG_DIR": tmp_path / "wandb_config", "WANDB_CACHE_DIR": tmp_path / "wandb_cache",
+        "WANDB_DATA_DIR": tmp_path / "wandb_data", "WANDB_BASE_URL": "http://127.0.0.1:9",
+    }.items():
+        monkeypatch.setenv(name, str(value))

@@ -35,3 +35,39 @@ def test_last_and_best_figures_have_distinct_names_in_csv_and_tensorboard(tmp_pa
     assert max(val, key=val.get) == metrics["val_best"]["epoch"]
     assert val[metrics["val_best"]["epoch"]] == pytest.approx(metrics["val_best"]["score"], abs=1e-4)
     assert (out / "checkpoints" / f"epoch_{metrics['val_best']['epoch']:03d}.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_cpu_logs_like_a_single_process(tmp_path, offline_env):
+    """trainer=ddp_cpu (two forked ranks): the same CSV columns and rows, the same metrics.json keys
+    and epoch count as one process, and one non-empty W&B run with training, validation and both
+    tests in it."""
+    import faulthandler
+
+    import wandb
+    from tests.test_wandb import history
+
+    outputs = {}
+    faulthandler.dump_traceback_later(300, exit=True)  # never hang the suite on a blocked rank
+    try:
+        for name, extra in (("single", []), ("ddp", ["trainer=ddp_cpu", "logger=wandb"])):
+            out = tmp_path / name
+            cfg = compose_cfg(tmp_path, "experiment=smoke", "trainer.max_epochs=4", f"paths.output_dir={out}", *extra)
+            run.task_train(cfg, out)
+            run._finish_wandb()
+            outputs[name] = out
+    finally:
+        wandb.teardown()
+        faulthandler.cancel_dump_traceback_later()
+    single, ddp = (json.loads((outputs[n] / "metrics.json").read_text()) for n in ("single", "ddp"))
+    assert sorted(ddp) == sorted(single) and ddp["epochs"] == single["epochs"] == 4
+    assert sorted(ddp["val_best"]) == sorted(single["val_best"])
+    rows = {n: list(csv.DictReader(open(outputs[n] / "csv" / "metrics.csv", newline=""))) for n in outputs}
+    assert list(rows["ddp"][0]) == list(rows["single"][0]) and len(rows["ddp"]) == len(rows["single"])
+    assert [r["epoch"] for r in rows["ddp"]] == [r["epoch"] for r in rows["single"]]
+
+    runs = sorted((outputs["ddp"] / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    (log_file,) = runs[0].glob("run-*.wandb")
+    keys = set().union(*history(log_file))
+    assert {"train/loss_total", "val/AVG", "test/AVG", "test_best_ckpt/AVG"} <= keys

@@ -20,19 +20,6 @@ from tests.conftest import compose_cfg
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture
-def offline_env(tmp_path, monkeypatch):
-    """W&B offline, quiet, with every W&B folder in tmp_path and an unreachable server."""
-    monkeypatch.delenv("ISSF_WANDB_OFFLINE", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    for name, value in {
-        "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": tmp_path / "wandb_dir",
-        "WANDB_CONFIG_DIR": tmp_path / "wandb_config", "WANDB_CACHE_DIR": tmp_path / "wandb_cache",
-        "WANDB_DATA_DIR": tmp_path / "wandb_data", "WANDB_BASE_URL": "http://127.0.0.1:9",
-    }.items():
-        monkeypatch.setenv(name, str(value))
-
-
 def wandb_records(path: Path) -> Iterator:
     """Protobuf records of a ``.wandb`` file: a 7-byte ``:W&B`` header, then a LevelDB-style log
     of 32 KiB blocks whose records carry a 7-byte header (crc32, length, type)."""
