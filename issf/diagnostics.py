@@ -198,7 +198,7 @@ class DiagnosticPlots(pl.Callback):
                 results["per_class"], title=f"{tag}: per-class AP (%), epoch {epoch}")
             figures["errors"] = lambda: self._errors_figure(pl_module, dets, gt)
             csv_path = self._metrics_csv(trainer)
-            if csv_path is not None:
+            if csv_path is not None and "val/" in csv_path.read_text().split("\n", 1)[0]:  # a training history
                 figures["map_curves"] = lambda: plot_map_curves(csv_path, prefix="val/")
 
         images: dict[str, Path] = {}
