@@ -224,28 +224,30 @@ def _teardown_ddp_children(trainer) -> None:
 
 
 def task_eval(cfg: DictConfig, output_dir: Path) -> dict:
-    from issf.pipeline import evaluate_checkpoint, evaluate_detections_file
+    from issf.pipeline import evaluate_checkpoint, evaluate_detections_file, evaluate_predictions
 
     validate_config(cfg)
-    if cfg.get("ckpt_path") and not cfg.get("detections"):
+    if (cfg.get("ckpt_path") or cfg.get("predictions")) and not cfg.get("detections"):
         use_checkpoint_data(cfg)
     ensure_data(cfg)
     datamodule = build_datamodule(cfg)
+    if cfg.get("predictions"):
+        return evaluate_predictions(cfg.predictions, datamodule, output_dir, evaluation_overrides(cfg))
     if cfg.get("detections"):
         return evaluate_detections_file(cfg.detections, datamodule, dict(OmegaConf.to_container(
             cfg.data.evaluation, resolve=True)), output_dir)
     if not cfg.get("ckpt_path"):
-        raise ValueError("task=eval needs ckpt_path=<checkpoint> or detections=<results.json>")
+        raise ValueError("task=eval needs ckpt_path=<checkpoint>, predictions=<run>/predictions.h5 or "
+                         "detections=<results.json>")
     trainer = build_trainer(cfg)
     return evaluate_checkpoint(cfg.ckpt_path, trainer, datamodule, output_dir, evaluation_overrides(cfg))
 
 
 def use_checkpoint_data(cfg: DictConfig, task_overrides: list[str] | None = None) -> None:
-    """``task=eval ckpt_path=...``: evaluate on the data the checkpoint was trained on (its stored run
-    config), unless ``data=``/``experiment=``/``data.*`` is given on the command line."""
+    """``task=eval ckpt_path=...`` / ``predictions=...``: evaluate on the data the checkpoint or the
+    predictions came from (their stored run config), unless ``data=``/``experiment=``/``data.*`` is
+    given on the command line."""
     from hydra.core.hydra_config import HydraConfig
-
-    from issf.checkpoints import read_checkpoint
 
     if task_overrides is None:
         task_overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
@@ -253,7 +255,15 @@ def use_checkpoint_data(cfg: DictConfig, task_overrides: list[str] | None = None
     if any(k in ("data", "experiment") or (k.startswith("data.") and not k.startswith("data.evaluation"))
            for k in keys):
         return
-    stored = read_checkpoint(cfg.ckpt_path)["hyper_parameters"].get("run_config", {}).get("data")
+    if cfg.get("predictions"):
+        from issf.predictions import read_predictions
+
+        source, stored = cfg.predictions, read_predictions(cfg.predictions).data
+    else:
+        from issf.checkpoints import read_checkpoint
+
+        source = cfg.ckpt_path
+        stored = read_checkpoint(cfg.ckpt_path)["hyper_parameters"].get("run_config", {}).get("data")
     if not stored:
         return
 
@@ -266,7 +276,7 @@ def use_checkpoint_data(cfg: DictConfig, task_overrides: list[str] | None = None
     data.evaluation = cfg.data.evaluation  # where command-line evaluation overrides are read from
     with open_dict(cfg):
         cfg.data = data
-    print(f"data of {cfg.ckpt_path}: {cfg.data.get('name')} ({cfg.data.datamodule.path})")
+    print(f"data of {source}: {cfg.data.get('name')} ({cfg.data.datamodule.path})")
 
 
 def evaluation_overrides(cfg: DictConfig, task_overrides: list[str] | None = None) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from issf.io import write_json
 from issf.localize import Detections
 from issf.model.config import ISSFConfig
 from issf.model.network import ISSF
+from issf.predictions import collect, write_predictions
 
 
 class ISSFModule(pl.LightningModule):
@@ -49,6 +51,7 @@ class ISSFModule(pl.LightningModule):
             {s: MultilabelAveragePrecision(num_labels=num_classes, average="macro") for s in ("val", "test")}
         )
         self.last_results: dict[str, dict] = {}
+        self._predictions: list = []  # per-video test outputs of this process (issf.predictions.collect)
         # where on_test_epoch_end writes <test_tag>_results.json and the detections (rank 0)
         self.export_dir: str | None = None
         self.test_tag = "test"
@@ -123,6 +126,9 @@ class ISSFModule(pl.LightningModule):
         video_scores, cas, _ = self.net.predict(batch["features"], batch["mask"])
         self.cls_map[split].update(video_scores.float(), batch["labels"].long())
         self.evaluators[split].update(batch["index"], video_scores, cas, batch["lengths"], batch.get("scale"))
+        if split == "test":
+            self._predictions.extend(
+                collect(batch["index"], video_scores, cas, batch["lengths"], batch.get("scale")))
 
     def _eval_epoch_end(self, split: str) -> None:
         results = self.evaluators[split].compute()
@@ -132,10 +138,14 @@ class ISSFModule(pl.LightningModule):
         summary[f"{prefix}/cls_mAP"] = 100.0 * float(self.cls_map[split].compute())
         self.log_dict(summary, sync_dist=False)
         detections = results["detections"]
+        predictions, self._predictions = self._predictions, []
         if self.trainer.world_size > 1:
             gathered: list = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(gathered, detections)
             detections = Detections.concatenate(gathered, units="seconds")
+            if split == "test":
+                torch.distributed.all_gather_object(gathered, predictions)
+                predictions = [row for rank in gathered for row in rank]
         self.last_results[split] = {
             "summary": {k.split("/", 1)[1]: float(v) for k, v in summary.items()},
             "per_class": results["per_class"],
@@ -144,15 +154,17 @@ class ISSFModule(pl.LightningModule):
             "ground_truth": self.evaluators[split].ground_truth,
         }
         if split == "test" and self.export_dir and self.trainer.is_global_zero:
-            self._export(self.last_results[split])
+            self._export(self.last_results[split], predictions)
         self.evaluators[split].reset()
         self.cls_map[split].reset()
 
-    def _export(self, result: dict) -> None:
+    def _export(self, result: dict, predictions: list) -> None:
         out = Path(self.export_dir)
         gt = result["ground_truth"]
-        name = "detections.json" if self.test_tag == "test" else f"detections_{self.test_tag}.json"
-        save_detections(out / name, result["detections"], gt.video_ids, gt.class_names)
+        suffix = "" if self.test_tag == "test" else f"_{self.test_tag}"
+        save_detections(out / f"detections{suffix}.json", result["detections"], gt.video_ids, gt.class_names)
+        write_predictions(out / f"predictions{suffix}.h5", predictions, gt, self.snippet_seconds,
+                          dataclasses.asdict(self.eval_cfg), data=(self.hparams.get("run_config") or {}).get("data"))
         write_json(out / f"{self.test_tag}_results.json",
                    {k: result[k] for k in ("summary", "per_class", "baseline")})
 

@@ -139,13 +139,7 @@ def evaluate_checkpoint(
     datamodule.setup()
     check_checkpoint_fits(checkpoint, ckpt_path, len(datamodule.class_names), datamodule.feature_dim)
     module = ISSFModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-    settings = copy.deepcopy(dict(module.hparams.get("evaluation") or {}))
-    for key, value in (overrides or {}).items():
-        *parents, leaf = key.split(".")
-        node = settings
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = value
+    settings = _with_overrides(module.hparams.get("evaluation"), overrides)
     module.eval_cfg = EvaluationConfig(**settings)
     if overrides and trainer.is_global_zero:
         print(f"evaluation settings of {ckpt_path}, with {overrides}")
@@ -154,6 +148,41 @@ def evaluate_checkpoint(
     if trainer.is_global_zero:
         write_json(Path(output_dir) / "metrics.json", metrics)
     return metrics
+
+
+def evaluate_predictions(
+    path: str, datamodule: pl.LightningDataModule, output_dir: str | os.PathLike, overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Re-localize and score stored test predictions (no model) with the evaluation settings of the
+    run that wrote them, ``overrides`` (dotted keys below the evaluation settings) replaced; writes
+    metrics.json and detections.json."""
+    from issf.detections import save_detections
+    from issf.predictions import read_predictions, score_predictions
+
+    preds = read_predictions(path)
+    settings = _with_overrides(preds.evaluation, overrides)
+    datamodule.setup()
+    gt = datamodule.ground_truth(preds.split)
+    result = score_predictions(preds, gt, EvaluationConfig(**settings))
+    print_table(f"predictions: {path}", {"test": result["summary"], "whole-video baseline": result["baseline"]})
+    out = Path(output_dir)
+    save_detections(out / "detections.json", result["detections"], gt.video_ids, gt.class_names)
+    metrics = {"predictions": str(path), "evaluation": settings, "evaluation_overrides": dict(overrides or {}),
+               "test": result["summary"], "test_per_class_ap": result["per_class"], "test_baseline": result["baseline"]}
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _with_overrides(settings: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """A deep copy of ``settings`` with dotted-key ``overrides`` (``localization.nms_threshold``) applied."""
+    settings = copy.deepcopy(dict(settings or {}))
+    for key, value in (overrides or {}).items():
+        *parents, leaf = key.split(".")
+        node = settings
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return settings
 
 
 def evaluate_detections_file(

@@ -76,10 +76,12 @@ def test_bench_localize_quick_records(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_localize, "record", partial(common.record, path=path))
     entries = bench_localize.main(["--quick"])
     saved = json.loads(path.read_text())
-    assert len(saved) == len(entries) == 1
+    assert len(saved) == len(entries) == 2
     check_header(saved[0])
     assert saved[0]["benchmark"] == "localize" and "20 videos" in saved[0]["case"]
     assert saved[0]["seconds"] > 0 and saved[0]["detections"] > 0
+    assert saved[1]["benchmark"] == "rescore_predictions" and "20 videos" in saved[1]["case"]
+    assert saved[1]["seconds"] > 0 and saved[1]["predictions_bytes"] > 20 * 20 * 100
 
 
 def test_summary_table():
