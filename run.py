@@ -33,7 +33,7 @@ def ensure_data(cfg: DictConfig) -> None:
 def validate_config(cfg: DictConfig) -> None:
     """Check the network and evaluation settings by type and value before any work is done (a
     mistyped option fails at once, naming the key, not after the dataset is generated)."""
-    from issf.evaluation import EvaluationConfig
+    from issf.eval.evaluator import EvaluationConfig
     from issf.model.config import ISSFConfig
 
     ISSFConfig(**OmegaConf.to_container(cfg.model.network, resolve=True))
@@ -256,7 +256,7 @@ def use_checkpoint_data(cfg: DictConfig, task_overrides: list[str] | None = None
            for k in keys):
         return
     if cfg.get("predictions"):
-        from issf.predictions import read_predictions
+        from issf.eval.predictions import read_predictions
 
         source, stored = cfg.predictions, read_predictions(cfg.predictions).data
     else:

@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.common import REFERENCE, record  # noqa: E402
 from issf.data.annotations import GroundTruth  # noqa: E402
-from issf.evaluation import EvaluationConfig, VideoEvaluator  # noqa: E402
-from issf.localize import select_classes  # noqa: E402
+from issf.eval.evaluator import EvaluationConfig, VideoEvaluator  # noqa: E402
+from issf.eval.localize import select_classes  # noqa: E402
 from issf.model.config import ISSFConfig  # noqa: E402
 from issf.model.network import ISSF  # noqa: E402
 

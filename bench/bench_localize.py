@@ -30,8 +30,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import WTALC_CASES, case, record  # noqa: E402
 from issf.data.annotations import GroundTruth  # noqa: E402
-from issf.localize import LocalizationConfig, localize  # noqa: E402
-from issf.metrics import TemporalDetectionMAP  # noqa: E402
+from issf.eval.localize import LocalizationConfig, localize  # noqa: E402
+from issf.eval.metric import TemporalDetectionMAP  # noqa: E402
 from tests.test_localize import actloc_inputs  # noqa: E402
 
 REAL_CASE = "actloc_05_thumos_random"  # second case: a CAS on the real THUMOS'14 test split
@@ -144,8 +144,8 @@ def rescore_stored_predictions(cas_list: list[np.ndarray], scores: np.ndarray, r
     predictions=..., the official THUMOS settings), and the file's size."""
     import tempfile
 
-    from issf.evaluation import EvaluationConfig
-    from issf.predictions import read_predictions, score_predictions, write_predictions
+    from issf.eval.evaluator import EvaluationConfig
+    from issf.eval.predictions import read_predictions, score_predictions, write_predictions
 
     gt = random_ground_truth(cas_list, scores.shape[1])
     gt.labels = (scores >= 0.1).astype(np.uint8)

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import MAP_CASES, record  # noqa: E402
 from bench.common import case as reference_case  # noqa: E402
 from issf.data.annotations import GroundTruth  # noqa: E402
-from issf.metrics import TemporalDetectionMAP  # noqa: E402
+from issf.eval.metric import TemporalDetectionMAP  # noqa: E402
 from tests.test_metrics import map_case  # noqa: E402
 
 THUMOS_TIOU = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]

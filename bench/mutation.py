@@ -149,7 +149,7 @@ MUTATIONS: list[Mutation] = [
              "  memory_read: class0", "  memory_read: gt_classes", (LEARNING,)),
     # ---------------------------------------------------------------- data and evaluation
     Mutation("evaluator_fixed_064", "evaluator converts with 0.64 s instead of the file's snippet_seconds",
-             "issf/evaluation.py", "self.snippet_seconds = snippet_seconds", "self.snippet_seconds = 0.64", (WIRING,)),
+             "issf/eval/evaluator.py", "self.snippet_seconds = snippet_seconds", "self.snippet_seconds = 0.64", (WIRING,)),
     Mutation("module_evaluator_064", "the module builds its evaluators with 0.64 s", "issf/module.py",
              "VideoEvaluator(dm.ground_truth(data_split), self.eval_cfg, dm.snippet_seconds)",
              "VideoEvaluator(dm.ground_truth(data_split), self.eval_cfg, 0.64)", (WIRING,)),

@@ -25,8 +25,8 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from issf.checkpoints import CheckpointError, read_checkpoint
 from issf.data.annotations import GroundTruth
-from issf.errors import error_breakdown
-from issf.localize import Detections
+from issf.eval.error_analysis import error_breakdown
+from issf.eval.localize import Detections
 from issf.viz import (
     plot_error_breakdown,
     plot_map_curves,

@@ -11,13 +11,13 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics.classification import MultilabelAveragePrecision
 
-from issf.detections import save_detections
-from issf.evaluation import EvaluationConfig, VideoEvaluator
+from issf.eval.detections import save_detections
+from issf.eval.evaluator import EvaluationConfig, VideoEvaluator
+from issf.eval.localize import Detections
+from issf.eval.predictions import collect, write_predictions
 from issf.io import write_json
-from issf.localize import Detections
 from issf.model.config import ISSFConfig
 from issf.model.network import ISSF
-from issf.predictions import collect, write_predictions
 
 
 class ISSFModule(pl.LightningModule):
@@ -51,7 +51,7 @@ class ISSFModule(pl.LightningModule):
             {s: MultilabelAveragePrecision(num_labels=num_classes, average="macro") for s in ("val", "test")}
         )
         self.last_results: dict[str, dict] = {}
-        self._predictions: list = []  # per-video test outputs of this process (issf.predictions.collect)
+        self._predictions: list = []  # per-video test outputs of this process (issf.eval.predictions.collect)
         # where on_test_epoch_end writes <test_tag>_results.json and the detections (rank 0)
         self.export_dir: str | None = None
         self.test_tag = "test"

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from issf.checkpoints import check_checkpoint_fits, read_checkpoint
-from issf.evaluation import EvaluationConfig
+from issf.eval.evaluator import EvaluationConfig
 from issf.io import write_json
 from issf.module import ISSFModule
 
@@ -156,8 +156,8 @@ def evaluate_predictions(
     """Re-localize and score stored test predictions (no model) with the evaluation settings of the
     run that wrote them, ``overrides`` (dotted keys below the evaluation settings) replaced; writes
     metrics.json and detections.json."""
-    from issf.detections import save_detections
-    from issf.predictions import read_predictions, score_predictions
+    from issf.eval.detections import save_detections
+    from issf.eval.predictions import read_predictions, score_predictions
 
     preds = read_predictions(path)
     settings = _with_overrides(preds.evaluation, overrides)
@@ -189,8 +189,8 @@ def evaluate_detections_file(
     path: str, datamodule: pl.LightningDataModule, evaluation: dict[str, Any], output_dir: str | os.PathLike
 ) -> dict[str, Any]:
     """Score an external ActivityNet-format results file against the test split."""
-    from issf.detections import load_detections
-    from issf.evaluation import VideoEvaluator
+    from issf.eval.detections import load_detections
+    from issf.eval.evaluator import VideoEvaluator
 
     datamodule.setup()
     gt = datamodule.ground_truth("test")

@@ -21,9 +21,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from issf.data.annotations import GroundTruth
-from issf.errors import CATEGORIES, ErrorBreakdown
+from issf.eval.error_analysis import CATEGORIES, ErrorBreakdown
+from issf.eval.localize import Detections
 from issf.io import atomic_write
-from issf.localize import Detections
 
 CATEGORY_LABELS = {
     "true_positive": "True positive",

@@ -16,8 +16,8 @@ import run
 from issf.data.annotations import GroundTruth
 from issf.data.datamodule import FeatureDataModule
 from issf.data.h5 import FeatureFile, VideoEntry, write_feature_file
-from issf.detections import load_detections
-from issf.evaluation import EvaluationConfig, VideoEvaluator
+from issf.eval.detections import load_detections
+from issf.eval.evaluator import EvaluationConfig, VideoEvaluator
 from issf.model.config import ISSFConfig
 from issf.model.network import ISSF
 from tests.conftest import compose_cfg

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from issf.data.annotations import GroundTruth
-from issf.evaluation import EvaluationConfig, VideoEvaluator
-from issf.localize import LocalizationConfig, localize_video, select_classes
+from issf.eval.evaluator import EvaluationConfig, VideoEvaluator
+from issf.eval.localize import LocalizationConfig, localize_video, select_classes
 
 
 def test_select_classes_by_rule():
@@ -88,7 +88,7 @@ def test_scale_free_selection_still_detects_with_flat_scores(tmp_path, selection
 
 
 def test_a_cas_below_every_threshold_falls_back_to_the_top_class_over_the_whole_video():
-    from issf.localize import LocalizationConfig, localize_video
+    from issf.eval.localize import LocalizationConfig, localize_video
 
     cas = np.full((30, 3), 0.0005, np.float32)  # a flat softmax-like CAS: crosses no CAS threshold
     scores = np.array([0.01, 0.02, 0.005], np.float32)

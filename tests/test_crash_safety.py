@@ -402,7 +402,7 @@ def test_misspelt_labels_without_a_class_list_are_an_error(tmp_path):
 
 def test_detections_outside_the_video_or_covering_few_videos_warn_with_counts(tmp_path):
     from issf.data.annotations import GroundTruth
-    from issf.detections import load_detections
+    from issf.eval.detections import load_detections
 
     gt = GroundTruth(["a"], [f"v{i}" for i in range(4)], [10.0] * 4, [[1.0, 2.0]] * 4, [0, 1, 2, 3], [0] * 4)
     path = tmp_path / "results.json"

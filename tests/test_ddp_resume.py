@@ -74,7 +74,7 @@ def test_ddp_cpu_memory_identical_on_ranks_and_metric_equals_single_process(tmp_
     ddp_metrics = saved["test"]
     # the main process reports what the ranks trained: epochs, best evaluation, the CSV history
     assert saved["epochs"] == 3 and saved["val_best"]["epoch"] in (0, 1, 2) and saved["val_best"]["score"] > 0
-    from issf.predictions import read_predictions
+    from issf.eval.predictions import read_predictions
 
     stored = read_predictions(out / "predictions.h5")  # the ranks' test videos, each once
     assert stored.video_index.tolist() == list(range(12))

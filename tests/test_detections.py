@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from issf.data.annotations import GroundTruth
-from issf.detections import load_detections, save_detections
-from issf.localize import Detections
+from issf.eval.detections import load_detections, save_detections
+from issf.eval.localize import Detections
 
 CLASSES = ["Alpha", "Beta", "Gamma"]
 VIDEOS = ["vid_a", "vid_b", "vid_c"]

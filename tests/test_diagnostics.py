@@ -13,8 +13,8 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 import run
 from issf.data.annotations import GroundTruth
 from issf.diagnostics import DETECTION_COLUMNS, DiagnosticPlots, choose_videos, detection_rows, summary_rows
-from issf.evaluation import EvaluationConfig
-from issf.localize import Detections
+from issf.eval.evaluator import EvaluationConfig
+from issf.eval.localize import Detections
 from tests.conftest import compose_cfg
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

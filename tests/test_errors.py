@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from issf.data.annotations import GroundTruth
-from issf.errors import CATEGORIES, NOT_CONSIDERED, error_breakdown, length_bin_names
-from issf.localize import Detections
-from issf.metrics import detection_average_precision
+from issf.eval.error_analysis import CATEGORIES, NOT_CONSIDERED, error_breakdown, length_bin_names
+from issf.eval.functional import detection_average_precision
+from issf.eval.localize import Detections
 
 A, B, C = 0, 1, 2
 TP, DOUBLE, WRONG, LOC, CONF, BG = range(6)
@@ -258,7 +258,7 @@ def test_custom_length_bins() -> None:
 
 
 def test_true_positives_reproduce_the_anet_map() -> None:
-    """AP recomputed from the breakdown's true positives equals issf.metrics' "anet" AP."""
+    """AP recomputed from the breakdown's true positives equals issf.eval.functional' "anet" AP."""
     rng = np.random.default_rng(7)
     n_cls, n_det = 3, 200
     gt, src, s, e = _random_gt_and_jittered_copies(rng, 5, n_cls, 20, n_det, (1, 15), 1.5)

@@ -8,8 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from issf.intervals import overlaps_any, seconds_to_snippet_range
-from issf.localize import (
+from issf.eval.localize import (
     DEFAULT_CAS_THRESHOLDS,
     Detections,
     LocalizationConfig,
@@ -20,6 +19,7 @@ from issf.localize import (
     soft_nms,
     upsample_cas,
 )
+from issf.intervals import overlaps_any, seconds_to_snippet_range
 from tests import reference
 
 ACTLOC_CASES = reference.names(reference.WTALC_CASES, "actloc_*.json.gz")
@@ -295,7 +295,7 @@ def _plain_greedy(s, e, sc, thr, ratio) -> list[int]:
 
 @pytest.mark.parametrize("n", [0, 1, 7, 300])
 def test_greedy_nms_paths_agree(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    import issf.localize as loc
+    import issf.eval.localize as loc
 
     rng = np.random.default_rng(n)
     s = rng.integers(0, 200, n).astype(float)

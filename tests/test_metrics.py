@@ -10,13 +10,9 @@ import pytest
 import torch
 
 from issf.data.annotations import GroundTruth
-from issf.metrics import (
-    TemporalDetectionMAP,
-    classification_map,
-    detection_average_precision,
-    exact_thresholds,
-    summarize,
-)
+from issf.eval.classification import classification_map
+from issf.eval.functional import detection_average_precision, exact_thresholds, summarize
+from issf.eval.metric import TemporalDetectionMAP
 from tests import reference
 from tests.reference import read_json
 

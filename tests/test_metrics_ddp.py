@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from issf.data.annotations import GroundTruth
-from issf.metrics import TemporalDetectionMAP
+from issf.eval.metric import TemporalDetectionMAP
 from tests import reference
 from tests.test_metrics import map_case
 

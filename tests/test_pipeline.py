@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 import run
 from issf.data.annotations import GroundTruth
 from issf.data.h5 import FeatureFile
-from issf.detections import load_detections
+from issf.eval.detections import load_detections
 from tests.conftest import compose_cfg
 
 CONF = str(Path(run.__file__).resolve().parent / "conf")
@@ -126,7 +126,7 @@ def test_detections_of_uniformly_sampled_test_videos_are_in_original_seconds(tmp
     import torch
 
     from issf.data.annotations import GroundTruth
-    from issf.evaluation import EvaluationConfig, VideoEvaluator
+    from issf.eval.evaluator import EvaluationConfig, VideoEvaluator
 
     gt = GroundTruth(["a"], ["v0"], [64.0], [[16.0, 32.0]], [0], [0])  # 100 snippets of 0.64 s
     evaluator = VideoEvaluator(gt, EvaluationConfig(protocol="anet"), 0.64)

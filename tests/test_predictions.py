@@ -11,8 +11,14 @@ import torch
 
 import run
 from issf.data.annotations import GroundTruth
-from issf.evaluation import EvaluationConfig
-from issf.predictions import PredictionsError, collect, read_predictions, score_predictions, write_predictions
+from issf.eval.evaluator import EvaluationConfig
+from issf.eval.predictions import (
+    PredictionsError,
+    collect,
+    read_predictions,
+    score_predictions,
+    write_predictions,
+)
 from tests.conftest import compose_cfg
 
 

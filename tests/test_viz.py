@@ -13,8 +13,8 @@ import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from issf.data.annotations import GroundTruth  # noqa: E402
-from issf.errors import error_breakdown  # noqa: E402
-from issf.localize import Detections  # noqa: E402
+from issf.eval.error_analysis import error_breakdown  # noqa: E402
+from issf.eval.localize import Detections  # noqa: E402
 from issf.viz import (  # noqa: E402
     _runs,
     plot_error_breakdown,

@@ -13,8 +13,8 @@ import pytest
 
 import run
 from issf.data.h5 import FeatureFile
-from issf.detections import load_detections
 from issf.diagnostics import DETECTION_COLUMNS
+from issf.eval.detections import load_detections
 from tests.conftest import compose_cfg
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -17,7 +17,7 @@ import torch
 
 from issf.data.datamodule import FeatureDataModule
 from issf.data.h5 import VideoEntry, write_feature_file
-from issf.evaluation import EvaluationConfig, VideoEvaluator
+from issf.eval.evaluator import EvaluationConfig, VideoEvaluator
 from issf.model.config import ISSFConfig
 from issf.model.network import ISSF
 from issf.model.saliency import select_salient

@@ -13,8 +13,8 @@ from torch import nn
 
 from issf.config_types import check_field_types
 from issf.data.annotations import GroundTruth
-from issf.localize import Detections, LocalizationConfig, localize
-from issf.metrics import TemporalDetectionMAP
+from issf.eval.localize import Detections, LocalizationConfig, localize
+from issf.eval.metric import TemporalDetectionMAP
 
 PROTOCOLS = ("anet", "wtalc")
 THUMOS_AVERAGES = {"AVG(0.1:0.5)": (0.1, 0.5), "AVG(0.3:0.7)": (0.3, 0.7), "AVG(0.1:0.7)": (0.1, 0.7)}

@@ -17,6 +17,7 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,79 @@ import numpy as np
 
 from issf.data.annotations import GroundTruth
 from issf.io import atomic_write
-from issf.localize import Detections
 
 VERSION = "VERSION 1.3"
+
+
+
+@dataclass
+class Detections:
+    """Flat detections of many videos: row i is ``[start[i], end[i])`` of class ``label[i]``.
+
+    ``units`` is ``"snippets"`` (as produced by :func:`localize`) or ``"seconds"``.
+    """
+
+    video: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    start: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    end: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    label: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    score: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    units: str = "snippets"
+
+    def __post_init__(self) -> None:
+        self.video = np.asarray(self.video, dtype=np.int64).reshape(-1)
+        self.start = np.asarray(self.start, dtype=np.float64).reshape(-1)
+        self.end = np.asarray(self.end, dtype=np.float64).reshape(-1)
+        self.label = np.asarray(self.label, dtype=np.int64).reshape(-1)
+        self.score = np.asarray(self.score, dtype=np.float64).reshape(-1)
+        n = len(self.video)
+        if not (len(self.start) == len(self.end) == len(self.label) == len(self.score) == n):
+            raise ValueError("Detections: video, start, end, label and score must have the same length")
+        if self.units not in ("snippets", "seconds"):
+            raise ValueError(f"Detections.units must be 'snippets' or 'seconds', got {self.units!r}")
+
+    def __len__(self) -> int:
+        return len(self.video)
+
+    def select(self, index: np.ndarray | slice) -> Detections:
+        """Rows picked by a boolean mask, an index array or a slice."""
+        return Detections(
+            self.video[index],
+            self.start[index],
+            self.end[index],
+            self.label[index],
+            self.score[index],
+            self.units,
+        )
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[Detections], units: str | None = None) -> Detections:
+        """All rows of ``parts`` in order (``units`` is required only when ``parts`` is empty)."""
+        kinds = {p.units for p in parts}
+        if len(kinds) > 1:
+            raise ValueError(f"Detections.concatenate: mixed units {sorted(kinds)}")
+        units = kinds.pop() if kinds else (units or "snippets")
+        if not parts:
+            return cls(units=units)
+        return cls(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("video", "start", "end", "label", "score")
+            ),
+            units=units,
+        )
+
+    def to_seconds(self, snippet_seconds: float, durations: np.ndarray | None = None) -> Detections:
+        """Snippet units -> seconds; boundaries are clipped to ``[0, durations[video]]`` when given."""
+        if self.units != "snippets":
+            raise ValueError(f"Detections.to_seconds: detections are already in {self.units}")
+        start = self.start * snippet_seconds
+        end = self.end * snippet_seconds
+        if durations is not None:
+            dur = np.asarray(durations, dtype=np.float64)[self.video]
+            start = np.clip(start, 0.0, dur)
+            end = np.clip(end, 0.0, dur)
+        return Detections(self.video.copy(), start, end, self.label.copy(), self.score.copy(), "seconds")
 
 
 def save_detections(

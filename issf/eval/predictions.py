@@ -27,7 +27,7 @@ import torch
 from torchmetrics.functional.classification import multilabel_average_precision
 
 from issf.data.annotations import GroundTruth
-from issf.evaluation import EvaluationConfig, VideoEvaluator
+from issf.eval.evaluator import EvaluationConfig, VideoEvaluator
 from issf.io import atomic_write
 
 SCHEMA_VERSION = 1

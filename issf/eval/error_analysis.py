@@ -6,7 +6,7 @@ Every considered detection gets exactly one category. With ``α = tiou`` and ``�
 1. ``true_positive``: the greedy matching of the mAP gives it a ground-truth (GT) instance. Per
    (video, class), detections are visited by decreasing score and each takes the still-unmatched
    GT of its own class with the highest tIoU ``>= α``. Ties follow the ``"anet"`` protocol of
-   :mod:`issf.metrics` (ActivityNet's code): equal scores rank the later detection row first,
+   :mod:`issf.eval.functional` (ActivityNet's code): equal scores rank the later detection row first,
    equal tIoUs prefer the later GT; with ``top_k_factor=None`` the true positives are exactly
    those of that mAP.
 2. ``double_detection``: tIoU ``>= α`` with a GT of its class (necessarily one already matched
@@ -38,8 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from issf.data.annotations import GroundTruth
+from issf.eval.localize import Detections
 from issf.intervals import overlaps_any
-from issf.localize import Detections
 
 CATEGORIES: tuple[str, ...] = (
     "true_positive",
