@@ -18,3 +18,12 @@ def test_eval_modules_import_nothing_of_the_model_module_or_pipeline():
             + f"print(sorted(m for m in sys.modules if m.startswith({FORBIDDEN!r})))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import issf.eval.metric
+
+    failures, tried = doctest.testmod(issf.eval.metric, verbose=False)
+    assert tried >= 4 and failures == 0

@@ -44,6 +44,17 @@ class TemporalDetectionMAP(Metric):
     keeps each video's detections from the first recorded update that covered it (process rank,
     then call order) and drops the others. Hence all detections of one video must be passed in a
     single ``update`` call; a warning is raised when discarded copies differ in size.
+
+    Example (one video of 10 s with one "jump" from 2 to 6 s; one good and one poor detection):
+
+    >>> import torch
+    >>> from issf.data.annotations import GroundTruth
+    >>> gt = GroundTruth(["jump"], ["v0"], [10.0], [[2.0, 6.0]], [0], [0])
+    >>> metric = TemporalDetectionMAP(gt, tiou_thresholds=[0.5, 0.7])
+    >>> metric.update(torch.tensor([0, 0]), torch.tensor([2.2, 0.0]), torch.tensor([6.1, 9.0]),
+    ...               torch.tensor([0, 0]), torch.tensor([0.9, 0.4]))
+    >>> metric.summarize(metric.compute())
+    {'mAP@0.5': 100.0, 'mAP@0.7': 100.0, 'AVG': 100.0}
     """
 
     is_differentiable = False
