@@ -382,8 +382,10 @@ def main(cfg: DictConfig) -> float | None:
 
 
 # known third-party console noise, filtered in this one place: deprecation notes of Lightning's
-# internals, its advertising and accelerator lines, W&B's notice about an unused setting
-_NOISY_WARNINGS = (r".*LeafSpec.*", r".*anonymous setting has no effect.*")
+# internals, its advertising and accelerator lines, W&B's notice about an unused setting, and
+# Lightning's advice to sync epoch-level logs across ranks (evaluation metrics are gathered by the
+# metrics themselves; training losses are logged per rank on purpose)
+_NOISY_WARNINGS = (r".*LeafSpec.*", r".*anonymous setting has no effect.*", r".*sync_dist=True.*")
 _NOISY_LIGHTNING_LINES = ("litlogger", "GPU available", "TPU available", "HPU available")
 
 
