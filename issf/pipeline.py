@@ -122,6 +122,7 @@ def run_test_split(
     results file, read back here (this also works when the strategy forks or spawns workers)."""
     module.export_dir, module.test_tag = str(output_dir), tag
     trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    trainer.strategy.barrier("test results written")  # rank 0 writes them after the other ranks finish
     result = json.loads((Path(output_dir) / f"{tag}_results.json").read_text())
     if trainer.is_global_zero:
         print_table(f"{title or tag}: mAP (%)", {tag: result["summary"], "whole-video baseline": result["baseline"]})
