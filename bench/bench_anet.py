@@ -143,7 +143,7 @@ def bench_train(steps: int, batch: int = 64, length: int = 75, dim: int = 2048, 
         return x, torch.ones(batch, length, dtype=torch.bool), labels
 
     net.eval()  # fill every class's slots so the timed steps use the memory branch
-    for _ in range(max(1, classes * cfg.memory_slots // (batch * 2))):
+    for _ in range(max(1, classes * cfg.memory_slots // 128)):  # ~2 candidates per slot at B = 64
         x, mask, labels = make_batch()
         net.insert_into_memory(x, mask, labels, epoch=1)
     net.memory.initialized.fill_(True)
