@@ -57,15 +57,16 @@ def build_module(cfg: DictConfig, datamodule):
 def _plain_config(cfg: DictConfig) -> dict:
     """The resolved run config as plain data; `_target_` keys become `target` so that Hydra does not
     instantiate them again when the dict is handed to the module."""
+    return _rename_key(OmegaConf.to_container(cfg, resolve=True), "_target_", "target")
 
-    def rename(node):
-        if isinstance(node, dict):
-            return {("target" if k == "_target_" else k): rename(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [rename(v) for v in node]
-        return node
 
-    return rename(OmegaConf.to_container(cfg, resolve=True))
+def _rename_key(node, old: str, new: str):
+    """``node`` (nested dicts and lists) with every dict key ``old`` renamed ``new``."""
+    if isinstance(node, dict):
+        return {(new if k == old else k): _rename_key(v, old, new) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rename_key(v, old, new) for v in node]
+    return node
 
 
 def flat_config(cfg: DictConfig) -> dict:
@@ -267,12 +268,7 @@ def use_checkpoint_data(cfg: DictConfig, task_overrides: list[str] | None = None
     if not stored:
         return
 
-    def restore(node):  # run_config stores `_target_` as `target` (run._plain_config)
-        if isinstance(node, dict):
-            return {("_target_" if k == "target" else k): restore(v) for k, v in node.items()}
-        return [restore(v) for v in node] if isinstance(node, list) else node
-
-    data = OmegaConf.create(restore(stored))
+    data = OmegaConf.create(_rename_key(stored, "target", "_target_"))  # stored by _plain_config
     data.evaluation = cfg.data.evaluation  # where command-line evaluation overrides are read from
     with open_dict(cfg):
         cfg.data = data
@@ -368,13 +364,13 @@ def main(cfg: DictConfig) -> float | None:
     with run_directory_lock(output_dir):
         with atomic_write(output_dir / "config_resolved.yaml", "w") as f:
             f.write(OmegaConf.to_yaml(cfg, resolve=True))
-        if cfg.task in ("train", "eval") and cfg.get("print_config", True) and os.environ.get("LOCAL_RANK", "0") == "0":
+        if cfg.task in ("train", "eval") and cfg.get("print_config", True) and _launching_process():
             print_config_tree(cfg)
         try:
             result = TASKS[cfg.task](cfg, output_dir)
         finally:
             _finish_wandb()
-    if cfg.task in ("train", "eval") and os.environ.get("LOCAL_RANK", "0") == "0":
+    if cfg.task in ("train", "eval") and _launching_process():
         written = sorted(p.name + ("/" if p.is_dir() else "") for p in output_dir.iterdir() if not p.name.startswith("."))
         print(f"run directory: {output_dir}\n  {' '.join(written)}")
     value = (result or {}).get("test", {}).get(cfg.get("optimized_metric") or "AVG")
@@ -416,6 +412,11 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(SIGTERM_EXIT_CODE)
 
 
+def _launching_process() -> bool:
+    """False in the DDP ranks a job starts through the command line (they share its directory)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
 def run_directory_lock(output_dir: Path):
     """The run directory's lock (issf.run_lock), taken by the launching process only: DDP ranks it
     starts write into the same directory."""
@@ -423,7 +424,7 @@ def run_directory_lock(output_dir: Path):
 
     from issf.run_lock import RunDirectoryLock
 
-    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+    if not _launching_process():
         return contextlib.nullcontext()
     return RunDirectoryLock(output_dir)
 

@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import REFERENCE, record  # noqa: E402
+from bench.common import REFERENCE, record, report  # noqa: E402
 from issf.data.annotations import GroundTruth  # noqa: E402
 from issf.eval.evaluator import EvaluationConfig, VideoEvaluator  # noqa: E402
 from issf.eval.localize import select_classes  # noqa: E402
@@ -187,10 +187,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         else:
             raise SystemExit(f"unknown case {name!r}: use eval and/or train")
         entry.update(threads=args.threads, quick=args.quick)
-        print(json.dumps({k: v for k, v in entry.items() if k != "all_steps"}, indent=1), flush=True)
-        if not args.no_record:
-            record(entry)
-        entries.append(entry)
+        report(entry, entries, None if args.no_record else record)
     return entries
 
 

@@ -19,7 +19,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -28,7 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import WTALC_CASES, case, record  # noqa: E402
+from bench.common import WTALC_CASES, case, record, report  # noqa: E402
 from issf.data.annotations import GroundTruth  # noqa: E402
 from issf.eval.localize import LocalizationConfig, localize  # noqa: E402
 from issf.eval.metric import TemporalDetectionMAP  # noqa: E402
@@ -127,15 +126,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             ),
             "classes_above_threshold_per_video": float((scores >= cfg.class_threshold).sum(1).mean()),
         }
-        print(json.dumps(entry, indent=1))
-        if not args.no_record:
-            record(entry)
-        entries.append(entry)
+        report(entry, entries, None if args.no_record else record)
     entry = rescore_stored_predictions(*cases["synthetic"], repeats=args.repeats)
-    print(json.dumps(entry, indent=1))
-    if not args.no_record:
-        record(entry)
-    entries.append(entry)
+    report(entry, entries, None if args.no_record else record)
     return entries
 
 

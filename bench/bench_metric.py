@@ -23,7 +23,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -33,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import MAP_CASES, record  # noqa: E402
+from bench.common import MAP_CASES, record, report  # noqa: E402
 from bench.common import case as reference_case  # noqa: E402
 from issf.data.annotations import GroundTruth  # noqa: E402
 from issf.eval.metric import TemporalDetectionMAP  # noqa: E402
@@ -157,10 +156,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "all_seconds": times,
             "map_avg": value,
         }
-        print(json.dumps(entry, indent=1))
-        if not args.no_record:
-            record(entry)
-        entries.append(entry)
+        report(entry, entries, None if args.no_record else record)
     return entries
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 # the reference data of data/reference (real annotations, evaluation cases); tests.reference imports no torch
@@ -43,3 +44,12 @@ def record(entry: dict, path: Path = RESULTS) -> None:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, path)
+
+
+def report(entry: dict, entries: list[dict], save: Callable[[dict], None] | None) -> None:
+    """Print ``entry``, save it (a script passes its ``record``, or None for ``--no-record``) and
+    append it to ``entries``."""
+    print(json.dumps({k: v for k, v in entry.items() if not k.startswith("all_")}, indent=1), flush=True)
+    if save is not None:
+        save(entry)
+    entries.append(entry)

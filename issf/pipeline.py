@@ -56,18 +56,18 @@ def fit_and_test(
     if last_val:
         metrics["val_last"] = last_val
     checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if checkpoint is not None else ""
+    best_epoch = _checkpoint_epoch(best)
     best_score = _best_score(checkpoint)
     if best_score is not None:
-        metrics["val_best"] = {"score": best_score, "path": _relative_to(checkpoint.best_model_path, output_dir),
-                               "epoch": _checkpoint_epoch(checkpoint.best_model_path)}
+        metrics["val_best"] = {"score": best_score, "path": _relative_to(best, output_dir), "epoch": best_epoch}
     if test:
         metrics.update(run_test_split(trainer, module, datamodule, output_dir))
-        best = checkpoint.best_model_path if checkpoint is not None else ""
         if best:
             # the official code reports the best of its test-set evaluations (B16,
             # docs/released_code.md): keep both figures
             metrics.update(run_test_split(trainer, module, datamodule, output_dir, ckpt_path=best, tag="test_best_ckpt",
-                                          title=f"test_best_ckpt (epoch {_checkpoint_epoch(best)})"))
+                                          title=f"test_best_ckpt (epoch {best_epoch})"))
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", metrics)
     return metrics
