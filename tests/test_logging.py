@@ -45,6 +45,7 @@ def test_ddp_cpu_logs_like_a_single_process(tmp_path, offline_env):
     import faulthandler
 
     import wandb
+
     from tests.test_wandb import history
 
     outputs = {}
