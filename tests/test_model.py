@@ -287,6 +287,27 @@ def test_scaled_cosine_gradient_matches_finite_differences():
     assert torch.isfinite(zero.grad).all()
 
 
+def test_paired_scaled_cosine_matches_autograd_of_the_plain_expression():
+    """The class-wise pooled head logits: each pooled row against its own class centre."""
+    from issf.model.head import PairedScaledCosine, _normalize
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 6, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
+    c = torch.randn(4, 6, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: PairedScaledCosine.apply(a, _normalize(b), 10.0), (x, c))
+    with torch.no_grad():
+        x[1, 2] = 0.0  # an all-zero pooled row (every gate of a class ~0) keeps a finite, zero gradient
+    fused = PairedScaledCosine.apply(x, _normalize(c), 10.0)
+    plain = 10.0 * (_normalize(x) * _normalize(c)[None]).sum(-1)
+    assert torch.allclose(fused, plain)
+    weights = torch.randn(3, 4, dtype=torch.double, generator=g).to(DEVICE)
+    for a, b in zip(torch.autograd.grad((fused * weights).sum(), (x, c)), torch.autograd.grad((plain * weights).sum(), (x, c))):
+        assert torch.allclose(a, b)
+    pooled = torch.randn(3, 5, 6, dtype=torch.double, generator=g).to(DEVICE)  # a strided slice, as in the head
+    assert torch.allclose(PairedScaledCosine.apply(pooled[:, :-1], _normalize(c), 10.0),
+                          10.0 * (_normalize(pooled[:, :-1]) * _normalize(c)[None]).sum(-1))
+
+
 def test_cpu_dropout_mask_statistics_and_seeding():
     from issf.model.embedding import dropout_mask
 
