@@ -26,7 +26,9 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from issf.checkpoints import CheckpointError, read_checkpoint
 from issf.data.annotations import GroundTruth
 from issf.eval.error_analysis import error_breakdown
+from issf.eval.evaluator import EvaluationResult
 from issf.eval.localize import Detections
+from issf.module import ISSFModule, evaluation_tag
 from issf.viz import (
     plot_error_breakdown,
     plot_map_curves,
@@ -96,7 +98,7 @@ def summary_rows(rows: dict[str, dict[str, float]]) -> tuple[list[str], list[lis
     return ["row", *metrics], [[name, *(table_cell(values.get(m)) for m in metrics)] for name, values in rows.items()]
 
 
-def video_timeline(pl_module: Any, features: np.ndarray, gt: GroundTruth, v: int,
+def video_timeline(pl_module: ISSFModule, features: np.ndarray, gt: GroundTruth, v: int,
                    detections: Detections | None) -> Figure:
     """Timeline of video ``v`` of ``gt``: model outputs of ``pl_module.inspect_video`` on its
     ``features`` [T, D], with ground truth and ``detections`` (seconds)."""
@@ -165,7 +167,7 @@ class DiagnosticPlots(pl.Callback):
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        tag = "test" if trainer.ckpt_path is None else "test_best_ckpt"
+        tag = evaluation_tag(trainer, "test")
         self._guarded("test plots", self.plot_evaluation, trainer, pl_module, "test", tag)
         self._guarded("test tables", self.log_tables, trainer, pl_module, "test", tag)
 
@@ -174,17 +176,17 @@ class DiagnosticPlots(pl.Callback):
         """Folder of the PNGs."""
         return Path(trainer.default_root_dir) / self.out_subdir
 
-    def plot_evaluation(self, trainer: pl.Trainer, pl_module: Any, split: str, tag: str) -> list[Path]:
+    def plot_evaluation(self, trainer: pl.Trainer, pl_module: ISSFModule, split: str, tag: str) -> list[Path]:
         """Figures of the last ``split`` evaluation of ``pl_module``; returns the PNGs written."""
-        results = getattr(pl_module, "last_results", {}).get(split)
-        if results is None:
+        result = pl_module.evaluation_results.get(split)
+        if result is None:
             log.info("DiagnosticPlots: no %s results to plot", split)
             return []
-        gt, dets = results["ground_truth"], results["detections"]
+        gt, dets = result.ground_truth, result.detections
         epoch = evaluated_epoch(trainer, split)
         prefix = f"{tag}_epoch{epoch:03d}"
         figures: dict[str, Callable[[], Figure]] = {}
-        file = getattr(getattr(trainer, "datamodule", None), "file", None)
+        file = trainer.datamodule.file if trainer.datamodule is not None else None
         if file is None:
             log.warning("DiagnosticPlots: the datamodule has no feature file; video timelines skipped")
         else:
@@ -195,8 +197,8 @@ class DiagnosticPlots(pl.Callback):
                     pl_module, file.features(index[vid]), gt, v, dets)
         if split == "test":
             figures["per_class_ap"] = lambda: plot_per_class_ap(
-                results["per_class"], title=f"{tag}: per-class AP (%), epoch {epoch}")
-            figures["errors"] = lambda: self._errors_figure(pl_module, dets, gt)
+                result.per_class, title=f"{tag}: per-class AP (%), epoch {epoch}")
+            figures["errors"] = lambda: self._errors_figure(result)
             csv_path = self._metrics_csv(trainer)
             if csv_path is not None and "val/" in csv_path.read_text().split("\n", 1)[0]:  # a training history
                 figures["map_curves"] = lambda: plot_map_curves(csv_path, prefix="val/")
@@ -220,19 +222,18 @@ class DiagnosticPlots(pl.Callback):
                                   mpimg.imread(path)[..., :3], trainer.global_step, dataformats="HWC")
         return list(images.values())
 
-    def log_tables(self, trainer: pl.Trainer, pl_module: Any, split: str, tag: str) -> None:
+    def log_tables(self, trainer: pl.Trainer, pl_module: ISSFModule, split: str, tag: str) -> None:
         """W&B tables of the last ``split`` evaluation: detections, mAP summary, per-class AP."""
-        results = getattr(pl_module, "last_results", {}).get(split)
-        if results is None or not self._wandb_loggers(trainer):
+        result = pl_module.evaluation_results.get(split)
+        if result is None or not self._wandb_loggers(trainer):
             return
         import wandb
 
-        gt = results["ground_truth"]
-        columns, rows = summary_rows({tag: results["summary"], "whole-video baseline": results.get("baseline", {})})
-        per_class = [[k, table_cell(v)] for k, v in results["per_class"].items()]
+        columns, rows = summary_rows({tag: result.summary, "whole-video baseline": result.baseline})
+        per_class = [[k, table_cell(v)] for k, v in result.per_class.items()]
         self._log_wandb(trainer, {
             f"{tag}/detections": wandb.Table(
-                columns=DETECTION_COLUMNS, data=detection_rows(results["detections"], gt, self.max_table_rows)),
+                columns=DETECTION_COLUMNS, data=detection_rows(result.detections, result.ground_truth, self.max_table_rows)),
             f"{tag}/summary": wandb.Table(columns=columns, data=rows),
             f"{tag}/per_class_ap": wandb.Table(columns=["class", "AP"], data=per_class),
             "epoch": evaluated_epoch(trainer, split),
@@ -242,10 +243,9 @@ class DiagnosticPlots(pl.Callback):
     def _save(self, make: Callable[[], Figure], path: Path) -> Path:
         return save_figure(make(), path, dpi=self.dpi)
 
-    def _errors_figure(self, pl_module: Any, dets: Detections, gt: GroundTruth) -> Figure:
-        cfg = getattr(pl_module, "eval_cfg", None)
-        breakdown = error_breakdown(dets, gt, tiou=self.error_tiou,
-                                    filter_ambiguous=bool(getattr(cfg, "filter_ambiguous", False)))
+    def _errors_figure(self, result: EvaluationResult) -> Figure:
+        breakdown = error_breakdown(result.detections, result.ground_truth, tiou=self.error_tiou,
+                                    filter_ambiguous=result.config.filter_ambiguous)
         return plot_error_breakdown(breakdown)
 
     @staticmethod

@@ -24,6 +24,13 @@ def write_json(path: str | os.PathLike, payload: Any) -> Path:
     return path
 
 
+def tagged_file(folder: str | os.PathLike, name: str, tag: str) -> Path:
+    """``folder/name`` for the last weights' test (``tag`` "test"), ``folder/<stem>_<tag><ext>``
+    otherwise: ``predictions.h5``, ``predictions_test_best_ckpt.h5``."""
+    path = Path(folder) / name
+    return path if tag == "test" else path.with_name(f"{path.stem}_{tag}{path.suffix}")
+
+
 def temporary_path(path: Path) -> Path:
     """The hidden temporary name a file is written under before it is renamed to ``path``."""
     return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")

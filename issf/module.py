@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,13 +10,20 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics.classification import MultilabelAveragePrecision
 
-from issf.eval.detections import save_detections
-from issf.eval.evaluator import EvaluationConfig, VideoEvaluator
+from issf.eval.evaluator import EvaluationConfig, EvaluationResult, VideoEvaluator
 from issf.eval.localize import Detections
 from issf.eval.predictions import collect, write_predictions
-from issf.io import write_json
+from issf.io import tagged_file
 from issf.model.config import ISSFConfig
 from issf.model.network import ISSF
+
+
+def evaluation_tag(trainer: pl.Trainer, split: str) -> str:
+    """Name of an evaluation in logs and files: ``val``, ``test`` (the weights in memory) or
+    ``test_best_ckpt`` (a test of a checkpoint given to ``trainer.test``)."""
+    if split != "test":
+        return split
+    return "test" if trainer.ckpt_path is None else "test_best_ckpt"
 
 
 class ISSFModule(pl.LightningModule):
@@ -50,11 +56,9 @@ class ISSFModule(pl.LightningModule):
         self.cls_map = torch.nn.ModuleDict(
             {s: MultilabelAveragePrecision(num_labels=num_classes, average="macro") for s in ("val", "test")}
         )
-        self.last_results: dict[str, dict] = {}
+        # the last evaluation of each split (detections of all ranks), read by the diagnostic plots
+        self.evaluation_results: dict[str, EvaluationResult] = {}
         self._predictions: list = []  # per-video test outputs of this process (issf.eval.predictions.collect)
-        # where on_test_epoch_end writes <test_tag>_results.json and the detections (rank 0)
-        self.export_dir: str | None = None
-        self.test_tag = "test"
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -131,13 +135,11 @@ class ISSFModule(pl.LightningModule):
                 collect(batch["index"], video_scores, cas, batch["lengths"], batch.get("scale")))
 
     def _eval_epoch_end(self, split: str) -> None:
-        results = self.evaluators[split].compute()
-        # the best checkpoint's test is logged as test_best_ckpt/*, apart from the last weights' test/*
-        prefix = self.test_tag if split == "test" else split
-        summary = {f"{prefix}/{k}": v for k, v in results["summary"].items()}
-        summary[f"{prefix}/cls_mAP"] = 100.0 * float(self.cls_map[split].compute())
-        self.log_dict(summary, sync_dist=False)
-        detections = results["detections"]
+        """Log the split's figures and keep its result; a test also writes the raw per-video outputs
+        to ``predictions.h5`` (rank 0, all ranks' videos), from which the pipeline computes
+        metrics.json and detections.json."""
+        evaluator = self.evaluators[split]
+        detections = evaluator.detections()
         predictions, self._predictions = self._predictions, []
         if self.trainer.world_size > 1:
             gathered: list = [None] * self.trainer.world_size
@@ -146,27 +148,17 @@ class ISSFModule(pl.LightningModule):
             if split == "test":
                 torch.distributed.all_gather_object(gathered, predictions)
                 predictions = [row for rank in gathered for row in rank]
-        self.last_results[split] = {
-            "summary": {k.split("/", 1)[1]: float(v) for k, v in summary.items()},
-            "per_class": results["per_class"],
-            "baseline": self.evaluators[split].baseline_summary(),
-            "detections": detections,
-            "ground_truth": self.evaluators[split].ground_truth,
-        }
-        if split == "test" and self.export_dir and self.trainer.is_global_zero:
-            self._export(self.last_results[split], predictions)
-        self.evaluators[split].reset()
+        result = evaluator.result(cls_map=float(self.cls_map[split].compute()), detections=detections)
+        tag = evaluation_tag(self.trainer, split)
+        self.log_dict({f"{tag}/{k}": v for k, v in result.summary.items()}, sync_dist=False)
+        self.evaluation_results[split] = result
+        if split == "test" and self.trainer.is_global_zero:
+            run_config = self.hparams.get("run_config") or {}
+            write_predictions(tagged_file(self.trainer.default_root_dir, "predictions.h5", tag), predictions,
+                              evaluator.ground_truth, self.snippet_seconds, dataclasses.asdict(self.eval_cfg),
+                              data=run_config.get("data"))
+        evaluator.reset()
         self.cls_map[split].reset()
-
-    def _export(self, result: dict, predictions: list) -> None:
-        out = Path(self.export_dir)
-        gt = result["ground_truth"]
-        suffix = "" if self.test_tag == "test" else f"_{self.test_tag}"
-        save_detections(out / f"detections{suffix}.json", result["detections"], gt.video_ids, gt.class_names)
-        write_predictions(out / f"predictions{suffix}.h5", predictions, gt, self.snippet_seconds,
-                          dataclasses.asdict(self.eval_cfg), data=(self.hparams.get("run_config") or {}).get("data"))
-        write_json(out / f"{self.test_tag}_results.json",
-                   {k: result[k] for k in ("summary", "per_class", "baseline")})
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step("val", batch)

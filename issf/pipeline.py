@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import sys
 from pathlib import Path
@@ -14,8 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from issf.checkpoints import check_checkpoint_fits, read_checkpoint
+from issf.eval.detections import save_detections
 from issf.eval.evaluator import EvaluationConfig
-from issf.io import write_json
+from issf.eval.predictions import read_predictions, score_predictions
+from issf.io import tagged_file, write_json
 from issf.module import ISSFModule
 
 
@@ -118,15 +119,18 @@ def run_test_split(
     trainer: pl.Trainer, module: ISSFModule, datamodule: pl.LightningDataModule, output_dir: Path,
     ckpt_path: str | None = None, tag: str = "test", title: str | None = None,
 ) -> dict[str, Any]:
-    """Run the test split; the module (rank 0) writes the detections of the tested weights and a
-    results file, read back here (this also works when the strategy forks or spawns workers)."""
-    module.export_dir, module.test_tag = str(output_dir), tag
+    """Test, then score the test predictions the module wrote (rank 0; also when the strategy forks
+    or spawns workers) and write the detections of the tested weights into ``output_dir``."""
     trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
-    trainer.strategy.barrier("test results written")  # rank 0 writes them after the other ranks finish
-    result = json.loads((Path(output_dir) / f"{tag}_results.json").read_text())
+    trainer.strategy.barrier("test predictions written")  # rank 0 writes them after the other ranks finish
+    preds = read_predictions(tagged_file(trainer.default_root_dir, "predictions.h5", tag))
+    gt = datamodule.ground_truth(preds.split)
+    result = score_predictions(preds, gt, EvaluationConfig(**preds.evaluation))
     if trainer.is_global_zero:
-        print_table(f"{title or tag}: mAP (%)", {tag: result["summary"], "whole-video baseline": result["baseline"]})
-    return {tag: result["summary"], f"{tag}_per_class_ap": result["per_class"], f"{tag}_baseline": result["baseline"]}
+        save_detections(tagged_file(output_dir, "detections.json", tag), result.detections, gt.video_ids,
+                        gt.class_names)
+        print_table(f"{title or tag}: mAP (%)", {tag: result.summary, "whole-video baseline": result.baseline})
+    return {tag: result.summary, f"{tag}_per_class_ap": result.per_class, f"{tag}_baseline": result.baseline}
 
 
 def evaluate_checkpoint(
@@ -157,19 +161,15 @@ def evaluate_predictions(
     """Re-localize and score stored test predictions (no model) with the evaluation settings of the
     run that wrote them, ``overrides`` (dotted keys below the evaluation settings) replaced; writes
     metrics.json and detections.json."""
-    from issf.eval.detections import save_detections
-    from issf.eval.predictions import read_predictions, score_predictions
-
     preds = read_predictions(path)
     settings = _with_overrides(preds.evaluation, overrides)
-    datamodule.setup()
     gt = datamodule.ground_truth(preds.split)
     result = score_predictions(preds, gt, EvaluationConfig(**settings))
-    print_table(f"predictions: {path}", {"test": result["summary"], "whole-video baseline": result["baseline"]})
+    print_table(f"predictions: {path}", {"test": result.summary, "whole-video baseline": result.baseline})
     out = Path(output_dir)
-    save_detections(out / "detections.json", result["detections"], gt.video_ids, gt.class_names)
+    save_detections(out / "detections.json", result.detections, gt.video_ids, gt.class_names)
     metrics = {"predictions": str(path), "evaluation": settings, "evaluation_overrides": dict(overrides or {}),
-               "test": result["summary"], "test_per_class_ap": result["per_class"], "test_baseline": result["baseline"]}
+               "test": result.summary, "test_per_class_ap": result.per_class, "test_baseline": result.baseline}
     write_json(out / "metrics.json", metrics)
     return metrics
 

@@ -13,7 +13,7 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 import run
 from issf.data.annotations import GroundTruth
 from issf.diagnostics import DETECTION_COLUMNS, DiagnosticPlots, choose_videos, detection_rows, summary_rows
-from issf.eval.evaluator import EvaluationConfig
+from issf.eval.evaluator import EvaluationConfig, EvaluationResult
 from issf.eval.localize import Detections
 from tests.conftest import compose_cfg
 
@@ -46,13 +46,12 @@ class StubModule:
 
     def __init__(self, fail: bool = False):
         self.class_names, self.snippet_seconds, self.fail = NAMES, SNIP, fail
-        self.eval_cfg = EvaluationConfig()
         self.seen: list[int] = []
-        results = {"summary": {"mAP@0.5": 40.0, "AVG": 35.0, "cls_mAP": 80.0},
-                   "per_class": {"Run": 50.0, "Jump": 30.0, "Throw": float("nan")},
-                   "baseline": {"mAP@0.5": 10.0, "AVG": 9.0},
-                   "detections": make_dets(), "ground_truth": make_gt()}
-        self.last_results = {"val": results, "test": results}
+        result = EvaluationResult(
+            summary={"mAP@0.5": 40.0, "AVG": 35.0, "cls_mAP": 80.0},
+            per_class={"Run": 50.0, "Jump": 30.0, "Throw": float("nan")}, baseline={"mAP@0.5": 10.0, "AVG": 9.0},
+            detections=make_dets(), ground_truth=make_gt(), config=EvaluationConfig())
+        self.evaluation_results = {"val": result, "test": result}
 
     def inspect_video(self, features: np.ndarray, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
         if self.fail:

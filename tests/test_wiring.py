@@ -340,7 +340,7 @@ def test_module_evaluates_with_the_files_snippet_length(tmp_path):
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.test(module, datamodule=dm, verbose=False)
     assert module.evaluators["test"].snippet_seconds == 0.5
-    summary = module.last_results["test"]["summary"]
+    summary = module.evaluation_results["test"].summary
     assert summary["mAP@0.7"] == pytest.approx(100.0), summary
 
 

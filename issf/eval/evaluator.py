@@ -51,6 +51,19 @@ class EvaluationConfig:
         )
 
 
+@dataclass
+class EvaluationResult:
+    """One evaluation of one split: what metrics.json, detections.json, the plots and the W&B
+    tables show."""
+
+    summary: dict[str, float]  # mAP per tIoU, the averages and (when known) cls_mAP, in %
+    per_class: dict[str, float]  # AP per class averaged over the tIoUs, in %
+    baseline: dict[str, float]  # the whole-video, top-class baseline's summary
+    detections: Detections  # seconds
+    ground_truth: GroundTruth
+    config: EvaluationConfig
+
+
 class VideoEvaluator(nn.Module):
     """Localizes each evaluated video and feeds the detections (seconds) to the mAP metric.
 
@@ -138,6 +151,20 @@ class VideoEvaluator(nn.Module):
             if not np.isnan(ap[c]).all()
         }
         return {"summary": summary, "per_class": per_class, "detections": self.detections()}
+
+    def result(self, cls_map: float | None = None, detections: Detections | None = None) -> EvaluationResult:
+        """:meth:`compute` as an :class:`EvaluationResult`; ``cls_map`` (a fraction) is added to the
+        summary as ``cls_mAP`` in %; ``detections`` replaces this process's own (e.g. those of all
+        DDP ranks)."""
+        computed = self.compute()
+        summary = dict(computed["summary"])
+        if cls_map is not None:
+            summary["cls_mAP"] = 100.0 * float(cls_map)
+        return EvaluationResult(
+            summary=summary, per_class=computed["per_class"], baseline=self.baseline_summary(),
+            detections=computed["detections"] if detections is None else detections,
+            ground_truth=self.ground_truth, config=self.cfg,
+        )
 
     def reset(self) -> None:
         self.metric.reset()

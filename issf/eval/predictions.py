@@ -27,7 +27,7 @@ import torch
 from torchmetrics.functional.classification import multilabel_average_precision
 
 from issf.data.annotations import GroundTruth
-from issf.eval.evaluator import EvaluationConfig, VideoEvaluator
+from issf.eval.evaluator import EvaluationConfig, EvaluationResult, VideoEvaluator
 from issf.io import atomic_write
 
 SCHEMA_VERSION = 1
@@ -118,9 +118,8 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
 
 
 def score_predictions(preds: Predictions, ground_truth: GroundTruth, evaluation: EvaluationConfig,
-                      batch_size: int = 64) -> dict[str, Any]:
-    """Localize and score stored predictions: ``summary`` (with ``cls_mAP``), ``per_class``,
-    ``baseline`` and ``detections``, as a test run computes them."""
+                      batch_size: int = 64) -> EvaluationResult:
+    """Localize and score stored predictions (``summary`` with ``cls_mAP``), as a test run does."""
     if preds.class_names != list(ground_truth.class_names):
         raise PredictionsError(f"predictions of classes {preds.class_names[:3]}... do not match the ground truth's")
     stored_ids = [ground_truth.video_ids[i] if i < len(ground_truth.video_ids) else None for i in preds.video_index]
@@ -136,10 +135,7 @@ def score_predictions(preds: Predictions, ground_truth: GroundTruth, evaluation:
         evaluator.update(torch.from_numpy(preds.video_index[first : first + len(videos)]),
                          torch.from_numpy(preds.video_scores[first : first + len(videos)]), torch.from_numpy(cas),
                          torch.from_numpy(lengths), torch.from_numpy(preds.scale[first : first + len(videos)]))
-    result = evaluator.compute()
     labels = torch.from_numpy(ground_truth.labels[preds.video_index].astype(np.int64))
     cls_map = multilabel_average_precision(torch.from_numpy(preds.video_scores), labels,
                                            num_labels=len(preds.class_names), average="macro")
-    summary = {**result["summary"], "cls_mAP": 100.0 * float(cls_map)}
-    return {"summary": summary, "per_class": result["per_class"], "baseline": evaluator.baseline_summary(),
-            "detections": result["detections"]}
+    return evaluator.result(cls_map=float(cls_map))
