@@ -277,35 +277,62 @@ def test_scaled_cosine_gradient_matches_finite_differences():
     from issf.model.head import ScaledCosine, _normalize
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 7, 5, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
+    x = torch.randn(7, 5, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
     c = torch.randn(3, 5, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: ScaledCosine.apply(a, _normalize(b), 20.0), (x, c))
-    reference = 20.0 * (x @ _normalize(c).T) / (x.norm(dim=-1, keepdim=True) + 1e-9)
-    assert torch.allclose(ScaledCosine.apply(x, _normalize(c), 20.0), reference)
+    # each output alone (the other one's gradient is None in the backward)
+    for i in (0, 1):
+        assert torch.autograd.gradcheck(lambda a, b, i=i: ScaledCosine.apply(a, _normalize(b), 20.0)[i], (x, c))
+    scaled, raw = ScaledCosine.apply(x, _normalize(c), 20.0)
+    assert torch.allclose(scaled, 20.0 * (x @ _normalize(c).T) / (x.norm(dim=-1, keepdim=True) + 1e-9))
+    assert torch.allclose(raw, x @ _normalize(c).T)
     zero = torch.zeros(2, 5, device=DEVICE, requires_grad=True)  # all-zero snippets (ReLU + dropout) stay finite
-    ScaledCosine.apply(zero, _normalize(c.float().detach()), 20.0).sum().backward()
+    ScaledCosine.apply(zero, _normalize(c.float().detach()), 20.0)[0].sum().backward()
     assert torch.isfinite(zero.grad).all()
 
 
-def test_paired_scaled_cosine_matches_autograd_of_the_plain_expression():
-    """The class-wise pooled head logits: each pooled row against its own class centre."""
-    from issf.model.head import PairedScaledCosine, _normalize
+def test_pooled_norm_matches_the_norms_of_pooled_features_on_both_paths():
+    """Videos of at most K snippets take the Gram-matrix path, longer ones pool directly."""
+    from issf.model.head import PooledNorm
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 4, 6, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
-    c = torch.randn(4, 6, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: PairedScaledCosine.apply(a, _normalize(b), 10.0), (x, c))
-    with torch.no_grad():
-        x[1, 2] = 0.0  # an all-zero pooled row (every gate of a class ~0) keeps a finite, zero gradient
-    fused = PairedScaledCosine.apply(x, _normalize(c), 10.0)
-    plain = 10.0 * (_normalize(x) * _normalize(c)[None]).sum(-1)
-    assert torch.allclose(fused, plain)
-    weights = torch.randn(3, 4, dtype=torch.double, generator=g).to(DEVICE)
-    for a, b in zip(torch.autograd.grad((fused * weights).sum(), (x, c)), torch.autograd.grad((plain * weights).sum(), (x, c))):
-        assert torch.allclose(a, b)
-    pooled = torch.randn(3, 5, 6, dtype=torch.double, generator=g).to(DEVICE)  # a strided slice, as in the head
-    assert torch.allclose(PairedScaledCosine.apply(pooled[:, :-1], _normalize(c), 10.0),
-                          10.0 * (_normalize(pooled[:, :-1]) * _normalize(c)[None]).sum(-1))
+    lengths = (2, 0, 4, 7, 1)  # K = 4: Gram for 2, 0, 4, 1 snippets; pooling for 7
+    w = torch.rand(sum(lengths), 4, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
+    f = torch.randn(sum(lengths), 6, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: PooledNorm.apply(a, b, lengths), (w, f))
+    reference = torch.stack([(a.T @ b).norm(dim=-1) for a, b in zip(w.split(lengths), f.split(lengths))])
+    assert torch.allclose(PooledNorm.apply(w, f, lengths), reference)
+    zero = torch.zeros(3, 4, dtype=torch.double, device=DEVICE, requires_grad=True)  # a zero pooled row
+    PooledNorm.apply(zero, f[:3].detach(), (3,)).sum().backward()
+    assert torch.equal(zero.grad, torch.zeros_like(zero))
+
+
+def test_head_class_wise_logits_equal_the_pooled_cosine_formula():
+    """video_bg = softmax(scale * cos(sum_t w_tk z_t, c_k)) with w the normalised class gates, for
+    videos shorter and longer than the number of classes + 1."""
+    from issf.model.head import ClassificationHead, _normalize
+    from issf.model.packing import Packing
+
+    torch.manual_seed(0)
+    head = ClassificationHead(dim=8, num_classes=3, scale=10.0).to(DEVICE)  # fp32 inside by design
+    mask = torch.zeros(3, 9, dtype=torch.bool, device=DEVICE)
+    for b, n in enumerate((2, 9, 4)):
+        mask[b, :n] = True
+    packing = Packing.from_mask(mask)
+    z = torch.relu(torch.randn(int(mask.sum()), 8, device=DEVICE)).requires_grad_()
+    out = head(z, packing)
+    expected = []
+    for zb in z.split(packing.lengths):
+        gates = torch.sigmoid(10.0 * _normalize(zb) @ _normalize(head.centres).T)  # [T, C+1]
+        pooled = (gates / (gates.sum(0) + 1e-5)).T @ zb
+        expected.append(torch.softmax(10.0 * (_normalize(pooled) * _normalize(head.centres)).sum(-1), -1))
+    expected = torch.stack(expected)
+    assert torch.allclose(out.video_bg, expected, atol=1e-6)
+    weights = torch.rand(expected.shape, device=DEVICE)
+    got = torch.autograd.grad((out.video_bg * weights).sum(), (z, head.centres), retain_graph=True)
+    want = torch.autograd.grad((expected * weights).sum(), (z, head.centres))
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 
 
 def test_cpu_dropout_mask_statistics_and_seeding():

@@ -16,7 +16,8 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 class ScaledCosine(torch.autograd.Function):
-    """scale * (x . u_k) / (||x|| + 1e-9) of features x [N, D] against unit centres u [K, D].
+    """scale * (x . u_k) / (||x|| + 1e-9) of features x [N, D] against unit centres u [K, D], and
+    the raw dot products x . u_k (both [N, K], both differentiable).
 
     The features are never normalised themselves (dividing the small [N, K] product by the norms
     is equivalent), and the backward makes one pass over x instead of the four (norm backward,
@@ -24,58 +25,83 @@ class ScaledCosine(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, unit: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, unit: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.set_materialize_grads(False)
         norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
         inv = scale / (norms + 1e-9)
         dots = x @ unit.T
         ctx.save_for_backward(x, unit, dots, norms, inv)
-        return dots * inv
+        return dots * inv, dots
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+    def backward(ctx, grad: torch.Tensor | None, grad_raw: torch.Tensor | None
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         x, unit, dots, norms, inv = ctx.saved_tensors
-        grad_dots = grad * inv  # [N, K]
+        grad_dots = torch.zeros_like(dots) if grad is None else grad * inv  # [N, K]
+        if grad_raw is not None:
+            grad_dots = grad_dots + grad_raw
         grad_x = grad_unit = None
         if ctx.needs_input_grad[0]:
-            # d out_k / d ||x|| = -dots_k * inv / (||x|| + eps); d ||x|| / dx = x / ||x|| (0 at x = 0)
-            grad_norms = -(grad_dots * dots).sum(-1, keepdim=True) / (norms + 1e-9)
-            coef = torch.where(norms > 0, grad_norms / norms, 0.0)
-            grad_x = (grad_dots @ unit).addcmul_(coef, x)
+            grad_x = grad_dots @ unit
+            if grad is not None:
+                # d out_k / d ||x|| = -dots_k * inv / (||x|| + eps); d ||x|| / dx = x / ||x|| (0 at x = 0)
+                grad_norms = -(grad * inv * dots).sum(-1, keepdim=True) / (norms + 1e-9)
+                grad_x.addcmul_(torch.where(norms > 0, grad_norms / norms, 0.0), x)
         if ctx.needs_input_grad[1]:
             grad_unit = grad_dots.reshape(-1, grad_dots.shape[-1]).T @ x.reshape(-1, x.shape[-1])
         return grad_x, grad_unit, None
 
 
-class PairedScaledCosine(torch.autograd.Function):
-    """scale * (x_bk . u_k) / (||x_bk|| + 1e-9) of pooled features x [B, K, D], each against its
-    own unit centre u_k ([K, D]): [B, K].
+class PooledNorm(torch.autograd.Function):
+    """norms[b, k] = ||sum_t weights[t, k] features[t]|| over the rows t of video b, for packed
+    videos (weights [S, K], features [S, D]): [B, K].
 
-    With 200 classes x is [64, 201, 2048] at ActivityNet's batch size; this makes two passes over
-    it forward and three backward, where autograd spends about fifteen on the equivalent
-    normalise-multiply-sum expression (they dominated an ActivityNet-shaped training step).
+    The class-wise pooled features ([B, K, D], K = C + 1) are only ever used through their norms
+    and their dot products with the class centres, and the dot products follow from the snippets'
+    own (sum_t w_tk f_t . u_k). For a video of at most K snippets the norms come from its Gram
+    matrix, ||F^T w_k||^2 = w_k^T (F F^T) w_k, which costs T^2 D instead of the T K D of pooling:
+    with 200 classes and 75-snippet training videos, ~3x less work and no [B, C+1, D] tensors. Longer
+    videos pool directly.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, unit: torch.Tensor, scale: float) -> torch.Tensor:
-        norms = torch.linalg.vector_norm(x, dim=-1)  # [B, K]
-        dots = torch.bmm(x.transpose(0, 1), unit.unsqueeze(-1)).squeeze(-1).T  # [B, K]
-        inv = scale / (norms + 1e-9)
-        ctx.save_for_backward(x, unit, dots, norms, inv)
-        return dots * inv
+    def forward(ctx, weights: torch.Tensor, features: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
+        norms = weights.new_empty(len(lengths), weights.shape[1])
+        parts = []  # per video: G w [T, K] (Gram) or the pooled features [K, D]
+        for b, (r0, r1) in enumerate(bounds(lengths)):
+            w, f = weights[r0:r1], features[r0:r1]
+            if r1 - r0 <= w.shape[1]:
+                h = (f @ f.T) @ w
+                norms[b] = (w * h).sum(0).clamp_(min=0.0).sqrt_()
+                parts.append(h)
+            else:
+                pooled = w.T @ f
+                norms[b] = torch.linalg.vector_norm(pooled, dim=-1)
+                parts.append(pooled)
+        ctx.save_for_backward(weights, features, norms)
+        ctx.parts, ctx.bounds = parts, bounds(lengths)
+        return norms
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
-        x, unit, dots, norms, inv = ctx.saved_tensors
-        grad_dots = grad * inv  # [B, K]
-        grad_x = grad_unit = None
-        if ctx.needs_input_grad[0]:
-            grad_norms = -(grad_dots * dots) / (norms + 1e-9)
-            coef = torch.where(norms > 0, grad_norms / norms, 0.0)
-            # unit expanded first: ``grad_dots[..., None] * unit`` takes a slow broadcasting path (7x)
-            grad_x = (unit.expand_as(x) * grad_dots[..., None]).addcmul_(coef[..., None], x)
-        if ctx.needs_input_grad[1]:
-            grad_unit = torch.bmm(grad_dots.T.unsqueeze(1), x.transpose(0, 1)).squeeze(1)  # [K, D]
-        return grad_x, grad_unit, None
+        weights, features, norms = ctx.saved_tensors
+        q = torch.where(norms > 0, grad / norms, 0.0)  # d||p|| = p . dp / ||p|| (0 at p = 0)
+        grad_w = torch.empty_like(weights) if ctx.needs_input_grad[0] else None
+        grad_f = torch.empty_like(features) if ctx.needs_input_grad[1] else None
+        for b, ((r0, r1), part) in enumerate(zip(ctx.bounds, ctx.parts)):
+            w, f = weights[r0:r1], features[r0:r1]
+            if r1 - r0 <= w.shape[1]:  # part = G w: d/dw = G w q, d/dF = (w diag(q) w^T) F
+                if grad_w is not None:
+                    torch.mul(part, q[b], out=grad_w[r0:r1])
+                if grad_f is not None:
+                    torch.mm((w * q[b]) @ w.T, f, out=grad_f[r0:r1])
+            else:  # part = pooled p: dp = p q; d/dw = F dp^T, d/dF = w dp
+                dp = part * q[b][:, None]
+                if grad_w is not None:
+                    torch.mm(f, dp.T, out=grad_w[r0:r1])
+                if grad_f is not None:
+                    torch.mm(w, dp, out=grad_f[r0:r1])
+        return grad_w, grad_f, None
 
 
 class SegmentPool(torch.autograd.Function):
@@ -129,7 +155,7 @@ class ClassificationHead(nn.Module):
         self.fg_centre = nn.Parameter(-self.centres.detach()[-1:].clone())
 
     def _cosine(self, features: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-        return ScaledCosine.apply(features, _normalize(centres), self.scale)
+        return ScaledCosine.apply(features, _normalize(centres), self.scale)[0]
 
     def snippet_logits(self, features: torch.Tensor) -> torch.Tensor:
         return self._cosine(features.float(), self.centres.float())
@@ -141,16 +167,18 @@ class ClassificationHead(nn.Module):
             centres = self.centres.float()
             # one product against the class centres and the foreground centre
             both = torch.cat([centres, self.fg_centre.float()])
-            scores = self._cosine(z, both)  # [S, C+2]
+            scores, dots = ScaledCosine.apply(z, _normalize(both), self.scale)  # [S, C+2] each
             logits = scores[:, :-1]
             gates = torch.sigmoid(scores)  # class-wise attention and (last) class-agnostic a_t
             sums = torch.stack([g.sum(0) for g in packing.split(gates)])  # [B, C+2]
             weights = gates / packing.repeat(sums + 1e-5)
-            # two pools rather than slices of one: the backward of a slice fills and copies a
-            # whole [B, C+2, D] gradient (B = 64 and C = 200 on ActivityNet)
-            pooled_bg = SegmentPool.apply(weights[:, :-1], z, packing.lengths)  # [B, C+1, D]
+            # class-wise pooled features p_k = sum_t w_tk z_t against their own centre u_k:
+            # scale * (sum_t w_tk z_t . u_k) / (||p_k|| + 1e-9), without forming p ([B, C+1, D])
+            class_weights = weights[:, :-1]
+            pooled_dots = torch.stack([d.sum(0) for d in packing.split(class_weights * dots[:, :-1])])
+            pooled_norms = PooledNorm.apply(class_weights, z, packing.lengths)
+            video_bg = F.softmax(self.scale * pooled_dots / (pooled_norms + 1e-9), dim=-1)
             pooled_fg = SegmentPool.apply(weights[:, -1:], z, packing.lengths)[:, 0]  # [B, D]
             video_fg = F.softmax(self._cosine(pooled_fg, centres), dim=-1)
-            video_bg = F.softmax(PairedScaledCosine.apply(pooled_bg, _normalize(centres), self.scale), dim=-1)
             attention = packing.pad(gates[:, -1])
         return BranchOutput(video_fg=video_fg, video_bg=video_bg, attention=attention, logits=packing.pad(logits))
