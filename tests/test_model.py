@@ -291,25 +291,31 @@ def test_scaled_cosine_gradient_matches_finite_differences():
     assert torch.isfinite(zero.grad).all()
 
 
-def test_pooled_norm_matches_the_norms_of_pooled_features_on_both_paths():
-    """Videos of at most K snippets take the Gram-matrix path, longer ones pool directly."""
-    from issf.model.head import PooledNorm
+def test_head_pooling_matches_pooled_features_on_both_paths():
+    """Norms of the class-wise pooled features (videos of at most K snippets take the Gram-matrix
+    path, longer ones pool directly) and the class-agnostic pooled feature."""
+    from issf.model.head import HeadPooling
 
     g = torch.Generator().manual_seed(0)
-    lengths = (2, 0, 4, 7, 1)  # K = 4: Gram for 2, 0, 4, 1 snippets; pooling for 7
-    w = torch.rand(sum(lengths), 4, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
+    lengths = (2, 0, 4, 7, 1)  # K = 4 class-wise columns: Gram for 2, 0, 4, 1 snippets; pooling for 7
+    w = torch.rand(sum(lengths), 5, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
     f = torch.randn(sum(lengths), 6, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: PooledNorm.apply(a, b, lengths), (w, f))
-    reference = torch.stack([(a.T @ b).norm(dim=-1) for a, b in zip(w.split(lengths), f.split(lengths))])
-    assert torch.allclose(PooledNorm.apply(w, f, lengths), reference)
-    zero = torch.zeros(3, 4, dtype=torch.double, device=DEVICE, requires_grad=True)  # a zero pooled row
-    PooledNorm.apply(zero, f[:3].detach(), (3,)).sum().backward()
+    assert torch.autograd.gradcheck(lambda a, b: HeadPooling.apply(a, b, lengths), (w, f))
+    for i in (0, 1):  # each output alone
+        assert torch.autograd.gradcheck(lambda a, b, i=i: HeadPooling.apply(a, b, lengths)[i], (w, f))
+    pooled = [a.T @ b for a, b in zip(w.split(lengths), f.split(lengths))]  # [K + 1, D] per video
+    norms, agnostic = HeadPooling.apply(w, f, lengths)
+    assert torch.allclose(norms, torch.stack([p[:-1].norm(dim=-1) for p in pooled]))
+    assert torch.allclose(agnostic, torch.stack([p[-1] for p in pooled]))
+    zero = torch.zeros(3, 5, dtype=torch.double, device=DEVICE, requires_grad=True)  # zero pooled rows
+    HeadPooling.apply(zero, f[:3].detach(), (3,))[0].sum().backward()
     assert torch.equal(zero.grad, torch.zeros_like(zero))
 
 
 def test_head_class_wise_logits_equal_the_pooled_cosine_formula():
-    """video_bg = softmax(scale * cos(sum_t w_tk z_t, c_k)) with w the normalised class gates, for
-    videos shorter and longer than the number of classes + 1."""
+    """video_bg = softmax_k(scale * cos(sum_t w_tk z_t, c_k)) with w the normalised class gates and
+    video_fg = softmax(scale * cos(sum_t a_t z_t, c)) with a the normalised class-agnostic attention,
+    values and gradients, for videos shorter and longer than the number of classes + 1."""
     from issf.model.head import ClassificationHead, _normalize
     from issf.model.packing import Packing
 
@@ -321,16 +327,21 @@ def test_head_class_wise_logits_equal_the_pooled_cosine_formula():
     packing = Packing.from_mask(mask)
     z = torch.relu(torch.randn(int(mask.sum()), 8, device=DEVICE)).requires_grad_()
     out = head(z, packing)
-    expected = []
+    expected, expected_fg = [], []
     for zb in z.split(packing.lengths):
         gates = torch.sigmoid(10.0 * _normalize(zb) @ _normalize(head.centres).T)  # [T, C+1]
         pooled = (gates / (gates.sum(0) + 1e-5)).T @ zb
         expected.append(torch.softmax(10.0 * (_normalize(pooled) * _normalize(head.centres)).sum(-1), -1))
-    expected = torch.stack(expected)
+        attention = torch.sigmoid(10.0 * _normalize(zb) @ _normalize(head.fg_centre).T)  # [T, 1]
+        pooled_fg = (attention / (attention.sum(0) + 1e-5)).T @ zb
+        expected_fg.append(torch.softmax(10.0 * _normalize(pooled_fg) @ _normalize(head.centres).T, -1)[0])
+    expected, expected_fg = torch.stack(expected), torch.stack(expected_fg)
     assert torch.allclose(out.video_bg, expected, atol=1e-6)
+    assert torch.allclose(out.video_fg, expected_fg, atol=1e-6)
     weights = torch.rand(expected.shape, device=DEVICE)
-    got = torch.autograd.grad((out.video_bg * weights).sum(), (z, head.centres), retain_graph=True)
-    want = torch.autograd.grad((expected * weights).sum(), (z, head.centres))
+    params = (z, head.centres, head.fg_centre)
+    got = torch.autograd.grad((out.video_bg * weights + out.video_fg * weights.flip(0)).sum(), params)
+    want = torch.autograd.grad((expected * weights + expected_fg * weights.flip(0)).sum(), params)
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 
@@ -364,15 +375,3 @@ def test_packed_attention_matches_per_video_softmax_attention(weight):
     for qv, kv in zip(q.split(lengths), k.split(counts)):
         rows.append(weight * torch.softmax(qv @ kv.T, -1) @ kv if len(kv) else torch.zeros_like(qv))
     assert torch.allclose(packed_attention(q, k, lengths, counts, weight), torch.cat(rows))
-
-
-def test_segment_pool_matches_per_video_products():
-    from issf.model.head import SegmentPool
-
-    g = torch.Generator().manual_seed(0)
-    lengths = (3, 1, 5)
-    w = torch.rand(sum(lengths), 4, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
-    f = torch.randn(sum(lengths), 6, dtype=torch.double, generator=g).to(DEVICE).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: SegmentPool.apply(a, b, lengths), (w, f))
-    reference = torch.stack([a.T @ b for a, b in zip(w.split(lengths), f.split(lengths))])
-    assert torch.allclose(SegmentPool.apply(w, f, lengths), reference)

@@ -52,82 +52,72 @@ class ScaledCosine(torch.autograd.Function):
         return grad_x, grad_unit, None
 
 
-class PooledNorm(torch.autograd.Function):
-    """norms[b, k] = ||sum_t weights[t, k] features[t]|| over the rows t of video b, for packed
-    videos (weights [S, K], features [S, D]): [B, K].
+class HeadPooling(torch.autograd.Function):
+    """The head's pooling over packed videos (weights [S, K + 1], features [S, D]): the norms of the
+    class-wise pooled features, norms[b, k] = ||sum_t w_tk f_t|| for k < K ([B, K]), and the
+    class-agnostic pooled feature sum_t w_tK f_t ([B, D]).
 
     The class-wise pooled features ([B, K, D], K = C + 1) are only ever used through their norms
     and their dot products with the class centres, and the dot products follow from the snippets'
     own (sum_t w_tk f_t . u_k). For a video of at most K snippets the norms come from its Gram
     matrix, ||F^T w_k||^2 = w_k^T (F F^T) w_k, which costs T^2 D instead of the T K D of pooling:
-    with 200 classes and 75-snippet training videos, ~3x less work and no [B, C+1, D] tensors. Longer
-    videos pool directly.
+    with 200 classes and 75-snippet training videos, ~3x less work and no [B, C+1, D] tensor.
+    Longer videos pool directly. One function for both outputs, so that the backward writes one
+    [S, D] gradient instead of two that autograd then adds.
     """
 
     @staticmethod
-    def forward(ctx, weights: torch.Tensor, features: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
-        norms = weights.new_empty(len(lengths), weights.shape[1])
-        parts = []  # per video: G w [T, K] (Gram) or the pooled features [K, D]
+    def forward(ctx, weights: torch.Tensor, features: torch.Tensor, lengths: tuple[int, ...]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.set_materialize_grads(False)
+        k = weights.shape[1] - 1
+        norms = weights.new_empty(len(lengths), k)
+        pooled = features.new_empty(len(lengths), features.shape[1])
+        parts = []  # per video: G w [T, K] (Gram) or the class-wise pooled features [K, D]
         for b, (r0, r1) in enumerate(bounds(lengths)):
-            w, f = weights[r0:r1], features[r0:r1]
-            if r1 - r0 <= w.shape[1]:
+            w, f = weights[r0:r1, :k], features[r0:r1]
+            torch.mv(f.T, weights[r0:r1, k], out=pooled[b])
+            if r1 - r0 <= k:
                 h = (f @ f.T) @ w
                 norms[b] = (w * h).sum(0).clamp_(min=0.0).sqrt_()
                 parts.append(h)
             else:
-                pooled = w.T @ f
-                norms[b] = torch.linalg.vector_norm(pooled, dim=-1)
-                parts.append(pooled)
+                p = w.T @ f
+                norms[b] = torch.linalg.vector_norm(p, dim=-1)
+                parts.append(p)
         ctx.save_for_backward(weights, features, norms)
         ctx.parts, ctx.bounds = parts, bounds(lengths)
-        return norms
+        return norms, pooled
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+    def backward(ctx, grad_norms: torch.Tensor | None, grad_pooled: torch.Tensor | None
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         weights, features, norms = ctx.saved_tensors
-        q = torch.where(norms > 0, grad / norms, 0.0)  # d||p|| = p . dp / ||p|| (0 at p = 0)
+        k = weights.shape[1] - 1
+        if grad_norms is None:
+            grad_norms = torch.zeros_like(norms)
+        if grad_pooled is None:
+            grad_pooled = features.new_zeros(len(ctx.bounds), features.shape[1])
+        q = torch.where(norms > 0, grad_norms / norms, 0.0)  # d||p|| = p . dp / ||p|| (0 at p = 0)
         grad_w = torch.empty_like(weights) if ctx.needs_input_grad[0] else None
         grad_f = torch.empty_like(features) if ctx.needs_input_grad[1] else None
         for b, ((r0, r1), part) in enumerate(zip(ctx.bounds, ctx.parts)):
-            w, f = weights[r0:r1], features[r0:r1]
-            if r1 - r0 <= w.shape[1]:  # part = G w: d/dw = G w q, d/dF = (w diag(q) w^T) F
+            w, f, w_agnostic = weights[r0:r1, :k], features[r0:r1], weights[r0:r1, k]
+            if r1 - r0 <= k:  # part = G w: d/dw = G w q, d/dF = (w diag(q) w^T) F
                 if grad_w is not None:
-                    torch.mul(part, q[b], out=grad_w[r0:r1])
+                    torch.mul(part, q[b], out=grad_w[r0:r1, :k])
                 if grad_f is not None:
                     torch.mm((w * q[b]) @ w.T, f, out=grad_f[r0:r1])
             else:  # part = pooled p: dp = p q; d/dw = F dp^T, d/dF = w dp
                 dp = part * q[b][:, None]
                 if grad_w is not None:
-                    torch.mm(f, dp.T, out=grad_w[r0:r1])
+                    torch.mm(f, dp.T, out=grad_w[r0:r1, :k])
                 if grad_f is not None:
                     torch.mm(w, dp, out=grad_f[r0:r1])
-        return grad_w, grad_f, None
-
-
-class SegmentPool(torch.autograd.Function):
-    """pooled[b] = weights_b^T features_b for packed videos (weights [S, K], features [S, D]):
-    [B, K, D]. Gradients are written straight into packed buffers (no per-video concatenation)."""
-
-    @staticmethod
-    def forward(ctx, weights, features, lengths):  # noqa: ANN001, ANN205
-        out = features.new_empty(len(lengths), weights.shape[1], features.shape[1])
-        ctx.bounds = bounds(lengths)
-        for b, (r0, r1) in enumerate(ctx.bounds):
-            torch.mm(weights[r0:r1].T, features[r0:r1], out=out[b])
-        ctx.save_for_backward(weights, features)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
-        weights, features = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_w = torch.empty_like(weights) if ctx.needs_input_grad[0] else None
-        grad_f = torch.empty_like(features) if ctx.needs_input_grad[1] else None
-        for b, (r0, r1) in enumerate(ctx.bounds):
             if grad_w is not None:
-                torch.mm(features[r0:r1], grad[b].T, out=grad_w[r0:r1])
+                torch.mv(f, grad_pooled[b], out=grad_w[r0:r1, k])
             if grad_f is not None:
-                torch.mm(weights[r0:r1], grad[b], out=grad_f[r0:r1])
+                grad_f[r0:r1].addr_(w_agnostic, grad_pooled[b])
         return grad_w, grad_f, None
 
 
@@ -174,11 +164,9 @@ class ClassificationHead(nn.Module):
             weights = gates / packing.repeat(sums + 1e-5)
             # class-wise pooled features p_k = sum_t w_tk z_t against their own centre u_k:
             # scale * (sum_t w_tk z_t . u_k) / (||p_k|| + 1e-9), without forming p ([B, C+1, D])
-            class_weights = weights[:, :-1]
-            pooled_dots = torch.stack([d.sum(0) for d in packing.split(class_weights * dots[:, :-1])])
-            pooled_norms = PooledNorm.apply(class_weights, z, packing.lengths)
+            pooled_dots = torch.stack([d.sum(0) for d in packing.split(weights[:, :-1] * dots[:, :-1])])
+            pooled_norms, pooled_fg = HeadPooling.apply(weights, z, packing.lengths)  # [B, C+1], [B, D]
             video_bg = F.softmax(self.scale * pooled_dots / (pooled_norms + 1e-9), dim=-1)
-            pooled_fg = SegmentPool.apply(weights[:, -1:], z, packing.lengths)[:, 0]  # [B, D]
             video_fg = F.softmax(self._cosine(pooled_fg, centres), dim=-1)
             attention = packing.pad(gates[:, -1])
         return BranchOutput(video_fg=video_fg, video_bg=video_bg, attention=attention, logits=packing.pad(logits))
