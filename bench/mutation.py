@@ -41,6 +41,7 @@ LEARNING = "tests/test_learning.py"
 HYPER = "tests/test_hyperparameters.py"
 MODEL = "tests/test_model.py"
 DATAMODULE = "tests/test_datamodule.py"
+MEMORY_READ = "tests/test_memory_read.py"
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,14 @@ MUTATIONS: list[Mutation] = [
              (WIRING, MODEL)),
     # ---------------------------------------------------------------- memory
     Mutation("memory_reads_class0", "memory read at class 0 for every class (per-class mode)", "issf/model/network.py",
-             "            return list(range(self.cfg.num_classes))\n        return classes",
-             "            return list(range(self.cfg.num_classes))\n        return [0] * len(classes)",
+             "            rows = list(classes)\n        if self.cfg.memory_background:\n            rows.append(",
+             "            rows = [0] * len(classes)\n        if self.cfg.memory_background:\n            rows.append(",
              (WIRING,)),
+    Mutation("background_bank_not_read", "the background bank is filled but never read", "issf/model/network.py",
+             "            rows.append(self._background_row)\n", "            pass\n", (MEMORY_READ,)),
+    Mutation("background_bank_ranked_by_class0", "the background bank ranked by the class-0 score",
+             "issf/model/network.py", "scores = torch.cat([scores[:, :row], full[:, -1:]], 1)",
+             "scores = torch.cat([scores[:, :row], full[:, :1]], 1)", (MEMORY_READ,)),
     Mutation("memory_read_constant", "memory read with the video-mean query: one output for every snippet",
              "issf/model/network.py",
              "read = packed_attention(out.fused, torch.cat(keys)",
@@ -146,7 +152,9 @@ MUTATIONS: list[Mutation] = [
              "return terms[\"total\"].sum()", "return terms[\"total\"].mean()", (SCHEDULE,)),
     Mutation("default_gt_classes_read", "the recipes' memory read back to the per-class read "
              "(collapses the pseudo-labels)", "conf/model/issf.yaml",
-             "  memory_read: class0", "  memory_read: gt_classes", (LEARNING,)),
+             "  memory_read: class0", "  memory_read: gt_classes", (LEARNING, MEMORY_READ)),
+    Mutation("default_without_background_bank", "the recipes' memory without the background bank",
+             "conf/model/issf.yaml", "  memory_background: true", "  memory_background: false", (HYPER,)),
     # ---------------------------------------------------------------- data and evaluation
     Mutation("evaluator_fixed_064", "evaluator converts with 0.64 s instead of the file's snippet_seconds",
              "issf/eval/evaluator.py", "self.snippet_seconds = snippet_seconds", "self.snippet_seconds = 0.64", (WIRING,)),

@@ -119,7 +119,8 @@ def test_resume_into_a_new_run_directory_keeps_best_tracking_and_history(tmp_pat
     straight, the best checkpoint included (it stays in the first directory)."""
     straight, first, second = tmp_path / "straight", tmp_path / "first", tmp_path / "second"
     assert finish(run_py(tmp_path, straight, "trainer.max_epochs=12")) and (straight / "metrics.json").is_file()
-    finish(run_py(tmp_path, first, "trainer.max_epochs=6", "test_after_fit=false"))
+    # the first 6 epochs of a 12-epoch run: the memory's EMA schedule length stays 12
+    finish(run_py(tmp_path, first, "trainer.max_epochs=6", "model.network.schedule_epochs=12", "test_after_fit=false"))
     out = finish(run_py(tmp_path, second, "trainer.max_epochs=12", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"))
     assert (second / "metrics.json").is_file(), out[-3000:]
     expected = json.loads((straight / "metrics.json").read_text())

@@ -55,12 +55,13 @@ class StopAfter(pl.Callback):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("read", ["class0", "all_classes", "shared"])  # the three memory update paths
-def test_ddp_cpu_memory_identical_on_ranks_and_metric_equals_single_process(tmp_path, read):
+@pytest.mark.parametrize("read,background", [("class0", False), ("all_classes", False), ("shared", False),
+                                             ("gt_classes", True)])  # the memory update paths
+def test_ddp_cpu_memory_identical_on_ranks_and_metric_equals_single_process(tmp_path, read, background):
     out = tmp_path / "out"
     out.mkdir(parents=True)
-    cfg = compose_cfg(tmp_path, "experiment=smoke", "trainer=ddp_cpu", "trainer.max_epochs=3",
-                      f"model.network.memory_read={read}",
+    memory = (f"model.network.memory_read={read}", f"model.network.memory_background={background}")
+    cfg = compose_cfg(tmp_path, "experiment=smoke", "trainer=ddp_cpu", "trainer.max_epochs=3", *memory,
                       "+callbacks.dump._target_=tests.test_ddp_resume.DumpMemory", f"+callbacks.dump.path={out}")
     run.task_train(cfg, out)
     m0 = torch.load(out / "memory_rank0.pt", weights_only=True)
@@ -83,7 +84,7 @@ def test_ddp_cpu_memory_identical_on_ranks_and_metric_equals_single_process(tmp_
 
     # the same weights evaluated by one process give the same numbers
     single_out = tmp_path / "single"
-    cfg1 = compose_cfg(tmp_path, "experiment=smoke", f"paths.output_dir={single_out}", f"model.network.memory_read={read}")
+    cfg1 = compose_cfg(tmp_path, "experiment=smoke", f"paths.output_dir={single_out}", *memory)
     cfg1.ckpt_path = str(out / "checkpoints" / "last.ckpt")
     cfg1.task = "eval"
     single = run.task_eval(cfg1, single_out)["test"]

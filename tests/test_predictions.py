@@ -93,5 +93,7 @@ def test_rescoring_stored_predictions_reproduces_the_run_and_honours_overrides(t
     rescored = evaluate_predictions(cfg.predictions, run.build_datamodule(cfg), tmp_path / "nms", changes)
     assert rescored["evaluation"]["localization"]["nms_threshold"] == 0.1
     assert rescored["evaluation_overrides"] == {"localization.nms_threshold": 0.1}
-    assert rescored["test"] != logged["test"]
+    # the override acts: other detections (the mAP of this tiny run may or may not move)
+    detections = [json.loads((d / "detections.json").read_text())["results"] for d in (out, tmp_path / "nms")]
+    assert detections[0] != detections[1]
     assert json.loads((tmp_path / "nms" / "metrics.json").read_text())["test"] == rescored["test"]

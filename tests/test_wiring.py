@@ -337,8 +337,9 @@ def test_module_evaluates_with_the_files_snippet_length(tmp_path):
     # the oracle network: the features are the ground truth
     module.net.predict = lambda x, mask: (x.amax(1), x * mask[..., None], None)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.test(module, datamodule=dm, verbose=False)
+    assert (tmp_path / "predictions.h5").is_file()  # written into the run directory, not the cwd
     assert module.evaluators["test"].snippet_seconds == 0.5
     summary = module.evaluation_results["test"].summary
     assert summary["mAP@0.7"] == pytest.approx(100.0), summary

@@ -53,6 +53,9 @@ class ISSFConfig:
     # class-agnostic bank of N slots ranked by each candidate's best ground-truth-class score
     memory_read: str = "class0"
     memory_residual: bool = False  # memory feature = query + read (keeps it snippet-specific)
+    # one more bank, of background prototypes (candidates ranked by their background-class score),
+    # that every video reads besides its memory_read rows: a background snippet can read background
+    memory_background: bool = False
     memory_init_epoch: int = 1  # eval-mode initialisation pass at the end of this epoch
     memory_ema_epoch: int = 85  # EMA blending for epoch index > this
     schedule_epochs: int = 180  # E in the EMA coefficient m = 0.5 ln(exp(t/E) + 1)
@@ -82,6 +85,8 @@ class ISSFConfig:
                     f"memory_read={self.memory_read}"
                 )
             self.memory_read = "class0"
+            if self.memory_background:
+                raise ValueError("compat.memory_class0=true is the released memory; it has no memory_background bank")
         if self.memory and not self.saliency:
             raise ValueError("memory=true needs saliency=true (the memory stores salient snippet-features)")
 

@@ -49,7 +49,7 @@ class ISSF(nn.Module):
             if cfg.non_salient_branch:
                 self.non_salient_unit = InteractionUnit(cfg.embed_dim, cfg.reduce, cfg.channel_interaction)
         if cfg.memory:
-            rows = 1 if cfg.memory_read == "shared" else cfg.num_classes
+            rows = (1 if cfg.memory_read == "shared" else cfg.num_classes) + int(cfg.memory_background)
             self.memory = SalientMemory(
                 rows, cfg.memory_slots, cfg.embed_dim, cfg.memory_ema_epoch, cfg.schedule_epochs
             )
@@ -90,28 +90,43 @@ class ISSF(nn.Module):
     def _label_classes(labels: torch.Tensor) -> list[list[int]]:
         return [torch.nonzero(row > 0).flatten().tolist() for row in labels]
 
+    @property
+    def _background_row(self) -> int:
+        """Row of the background bank (``memory_background``): the last one."""
+        return self.memory.slots.shape[0] - 1
+
     def _read_rows(self, classes: list[int]) -> list[int]:
         """Memory rows one video's snippets read (``classes``: its ground-truth classes)."""
         read = self.cfg.memory_read
         if read == "class0":  # the released code: class 0 once per GT class (B1)
-            return [0] * len(classes)
-        if read == "shared":
-            return [0]
-        if read == "all_classes":
-            return list(range(self.cfg.num_classes))
-        return classes
+            rows = [0] * len(classes)
+        elif read == "shared":
+            rows = [0]
+        elif read == "all_classes":
+            rows = list(range(self.cfg.num_classes))
+        else:
+            rows = list(classes)
+        if self.cfg.memory_background:
+            rows.append(self._background_row)
+        return rows
 
     def _write_args(
         self, scores: torch.Tensor, classes: list[int], init: bool = False
     ) -> tuple[torch.Tensor, list[int]]:
         """Scores and memory rows one video's candidates are inserted with. The released
         initialisation pass writes the ground-truth classes also in class-0 mode."""
-        read = self.cfg.memory_read
+        read, full = self.cfg.memory_read, scores
         if read == "class0" and not init:
-            return scores, [0] * len(classes)
-        if read == "shared":  # one bank, ranked by the candidate's best ground-truth-class score
-            return scores[:, classes].amax(1, keepdim=True), [0]
-        return scores, classes
+            rows = [0] * len(classes)
+        elif read == "shared":  # one bank, ranked by the candidate's best ground-truth-class score
+            scores, rows = full[:, classes].amax(1, keepdim=True), [0]
+        else:
+            rows = list(classes)
+        if self.cfg.memory_background:  # ranked by the background score (the last column)
+            row = self._background_row
+            scores = torch.cat([scores[:, :row], full[:, -1:]], 1)
+            rows.append(row)
+        return scores, rows
 
     def memory_branch(
         self, out: ForwardOutput, labels: torch.Tensor, epoch: int, update: bool = True
