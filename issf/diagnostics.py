@@ -55,10 +55,11 @@ def choose_videos(gt: GroundTruth, num_videos: int, video_ids: Sequence[str] | N
     return [int(v) for v in with_gt[:num_videos]]
 
 
-def evaluated_epoch(trainer: Any, split: str) -> int:
+def evaluated_epoch(trainer: Any, split: str, checkpoint_epoch: int | None = None) -> int:
     """The 0-based epoch whose weights an evaluation scored, counted as in the CSV log and the
     checkpoint names: the current epoch for validation, the last trained one for the test of the
-    last weights, the checkpoint's own epoch for a test of a checkpoint."""
+    last weights, the checkpoint's own epoch for a test of a checkpoint (given to ``trainer.test``,
+    or ``checkpoint_epoch``: the module's weights were loaded from it and this trainer trained none)."""
     if split != "test":
         return int(trainer.current_epoch)
     if trainer.ckpt_path:
@@ -66,6 +67,8 @@ def evaluated_epoch(trainer: Any, split: str) -> int:
             return int(read_checkpoint(trainer.ckpt_path)["epoch"])
         except (CheckpointError, KeyError):
             pass
+    if checkpoint_epoch is not None and int(trainer.current_epoch) == 0:
+        return checkpoint_epoch
     return max(0, int(trainer.current_epoch) - 1)
 
 
@@ -183,7 +186,7 @@ class DiagnosticPlots(pl.Callback):
             log.info("DiagnosticPlots: no %s results to plot", split)
             return []
         gt, dets = result.ground_truth, result.detections
-        epoch = evaluated_epoch(trainer, split)
+        epoch = evaluated_epoch(trainer, split, pl_module.checkpoint_epoch)
         prefix = f"{tag}_epoch{epoch:03d}"
         figures: dict[str, Callable[[], Figure]] = {}
         file = trainer.datamodule.file if trainer.datamodule is not None else None
@@ -236,7 +239,7 @@ class DiagnosticPlots(pl.Callback):
                 columns=DETECTION_COLUMNS, data=detection_rows(result.detections, result.ground_truth, self.max_table_rows)),
             f"{tag}/summary": wandb.Table(columns=columns, data=rows),
             f"{tag}/per_class_ap": wandb.Table(columns=["class", "AP"], data=per_class),
-            "epoch": evaluated_epoch(trainer, split),
+            "epoch": evaluated_epoch(trainer, split, pl_module.checkpoint_epoch),
         })
 
     # ------------------------------------------------------------------ helpers

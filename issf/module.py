@@ -59,6 +59,10 @@ class ISSFModule(pl.LightningModule):
         # the last evaluation of each split (detections of all ranks), read by the diagnostic plots
         self.evaluation_results: dict[str, EvaluationResult] = {}
         self._predictions: list = []  # per-video test outputs of this process (issf.eval.predictions.collect)
+        self.checkpoint_epoch: int | None = None  # epoch of the checkpoint the weights came from, if any
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.checkpoint_epoch = int(checkpoint["epoch"]) if "epoch" in checkpoint else None
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -180,9 +184,11 @@ class ISSFModule(pl.LightningModule):
     @torch.no_grad()
     def inspect_video(self, features: np.ndarray, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Everything the plots show for one video (eval mode): video scores [C], CAS [T, C],
-        class-agnostic attention [T], temporal differences [T], salient mask [T] and, when the
-        memory is initialised, the memory branch's snippet logits [T, C+1] (pseudo-label source),
-        read with the video's ``labels`` (multi-hot; default: the top predicted class)."""
+        class-agnostic attention [T], temporal differences [T], salient mask [T]; with the
+        pseudo-label loss on, its target as logits [T, C+1] (``pseudo_labels``: the teacher / tau,
+        whose softmax is what the base branch is distilled towards); with an
+        initialised memory, the memory branch's own snippet logits [T, C+1] (``memory_logits``).
+        The memory is read with the video's ``labels`` (multi-hot; default: the top predicted class)."""
         x = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=self.device)[None]
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=self.device)
         was = self.net.training
@@ -193,11 +199,15 @@ class ISSFModule(pl.LightningModule):
         if out.salient is not None:  # in eval mode the differences are those of the pre-dropout features
             result["saliency"] = out.differences[0].cpu().numpy()
             result["salient"] = out.salient[0].cpu().numpy()
+        mem = None
         if self.net_cfg.memory and bool(self.net.memory.initialized):
             if labels is None:
                 labels = np.eye(self.net_cfg.num_classes)[int(scores[0].argmax())]
             y = torch.as_tensor(np.asarray(labels), dtype=torch.float32, device=self.device)[None]
             mem = self.net.memory_branch(out, y, self.current_epoch, update=False)
-            result["pseudo_labels"] = mem.logits[0].cpu().numpy()
+            result["memory_logits"] = mem.logits[0].cpu().numpy()
+        if self.net_cfg.pseudo_labels and out.saliency is not None:  # training reads an initialised memory
+            teacher = self.net.pseudo_label_teacher(out, mem) / self.net_cfg.tau
+            result["pseudo_labels"] = teacher[0].cpu().numpy()
         self.net.train(was)
         return result

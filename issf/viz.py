@@ -160,7 +160,7 @@ def plot_video_timeline(
     class, ambiguous intervals hatched grey); the ``max_detections`` best detections of the video
     (one row each, opacity by score); the CAS ``[T, C]`` of ``classes``; the class-agnostic
     attention ``[T]``; the saliency differences ``[T]`` with the ``salient`` snippets shaded; the
-    memory pseudo-labels (softmax of the ``[T, C+1]`` logits; background dashed). ``classes``
+    pseudo-label target (softmax of the ``[T, C+1]`` logits; background dashed). ``classes``
     (indices or names) defaults to the video's GT classes plus the ``top_classes`` best predicted
     ones. ``video_id`` is an id of ``gt.video_ids`` or a video index. Snippet ``i`` is drawn at
     its centre ``(i + 0.5) * snippet_seconds``.
@@ -234,7 +234,7 @@ def plot_video_timeline(
             _draw_curves(ax, t, prob, chosen, class_names)
             ax.plot(t, prob[:, -1], drawstyle="steps-mid", color="0.4", ls="--", lw=1.0, label="background")
             ax.set_ylim(-0.02, 1.02)
-            ax.set_ylabel("pseudo-labels")
+            ax.set_ylabel("pseudo-label\ntarget")
             _legend(ax)
     end = max(float(gt.durations[v]), n_t * snippet_seconds)
     axes[-1].set_xlim(0.0, end if end > 0 else 1.0)

@@ -128,6 +128,11 @@ def test_eval_of_checkpoint_reproduces_training_test_metrics(tmp_path):
                       f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
     evaluated = run.task_eval(cfg, eval_out)["test"]
     assert evaluated == pytest.approx(logged, abs=1e-12)
+    # its plots are named by the checkpoint's epoch, as those of the training run's test
+    epoch = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
+    trained = {p.name for p in (out / "plots").glob("test_epoch*") if "map_curves" not in p.name}  # curves: CSV
+    assert trained and {p.name for p in (eval_out / "plots").glob("test_epoch*")} >= trained
+    assert all(name.startswith(f"test_epoch{epoch:03d}_") for name in trained)
     # without experiment=smoke: the checkpoint's own data, and no default dataset generated
     cfg = compose_cfg(tmp_path, "task=eval", f"paths.output_dir={eval_out}", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
     assert run.task_eval(cfg, eval_out)["test"] == pytest.approx(logged, abs=1e-12)

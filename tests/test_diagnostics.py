@@ -44,8 +44,9 @@ def make_dets() -> Detections:
 class StubModule:
     """What DiagnosticPlots reads from an ISSFModule."""
 
-    def __init__(self, fail: bool = False):
+    def __init__(self, fail: bool = False, checkpoint_epoch: int | None = None):
         self.class_names, self.snippet_seconds, self.fail = NAMES, SNIP, fail
+        self.checkpoint_epoch = checkpoint_epoch
         self.seen: list[int] = []
         result = EvaluationResult(
             summary={"mAP@0.5": 40.0, "AVG": 35.0, "cls_mAP": 80.0},
@@ -144,6 +145,17 @@ def test_test_end_writes_timelines_and_summary_charts(tmp_path):
     expected |= {f"test_best_ckpt_epoch002_{n}.png" for n in ("v1", "per_class_ap", "errors")}
     assert {p.name for p in out.iterdir()} == expected
     assert all(is_png(out / f) for f in expected)
+
+
+def test_test_of_loaded_weights_is_named_by_their_checkpoint_epoch(tmp_path):
+    """task=eval loads a checkpoint into the module and tests it with a fresh trainer."""
+    cb = DiagnosticPlots(num_videos=1)
+    cb.on_test_end(stub_trainer(tmp_path, 0), StubModule(checkpoint_epoch=29))
+    # a fit that resumed from a checkpoint and trained on names the last trained epoch
+    cb.on_test_end(stub_trainer(tmp_path, 40), StubModule(checkpoint_epoch=29))
+    names = {p.name for p in (tmp_path / "plots").iterdir()}
+    assert {"test_epoch029_v1.png", "test_epoch039_v1.png"} <= names
+    assert not any("epoch000" in n for n in names)
 
 
 def test_failures_are_warnings_and_other_figures_still_come(tmp_path, caplog):

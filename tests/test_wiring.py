@@ -2,7 +2,7 @@
 weights and compared with the network.
 
 Pinned here: inference fusion and the CAS formula, the pseudo-label teacher (saliency branch, then
-the memory mix) and the loss composition, the lambda mix of the two interaction units over the
+the memory mix; the plots show that target) and the loss composition, the lambda mix of the two interaction units over the
 salient set and its complement, the salient set (predecessor marking, wrap), memory candidates (the
 salient snippets), the memory read (snippet-specific, keys of the video's classes), the evaluator's
 snippet length, and batch labels by file index.
@@ -221,6 +221,32 @@ def test_loss_composition_and_teacher_mix_with_the_memory():
     torch.testing.assert_close(terms["bg"], loss_bg)
     att = hand_att(out.base.attention, mask)
     torch.testing.assert_close(terms["total"], loss_fg + 0.2 * loss_bg + 0.1 * att + 0.5 * pl_term)
+
+
+@pytest.mark.parametrize("memory_initialised", [False, True])
+def test_timeline_pseudo_labels_are_the_loss_target(memory_initialised):
+    """The plots' pseudo-label panel shows the distillation target: softmax(S_sal / tau) before the
+    memory is initialised, softmax((0.2 S_mem + 0.8 S_sal) / tau) after; the memory branch's own
+    logits are returned apart."""
+    from issf.module import ISSFModule
+
+    module = ISSFModule(num_classes=C, input_dim=DIM, network={"embed_dim": DIM, "dropout": 0.0, "scale": SCALE})
+    if memory_initialised:
+        fill_memory(module.net)
+    x, mask, y = inputs()
+    t = LENGTHS[0]
+    got = module.inspect_video(x[0, :t].numpy(), y[0].numpy())
+    out = module.net.eval().forward(x[:1, :t], mask[:1, :t])
+    teacher = out.saliency.logits
+    if memory_initialised:
+        mem = module.net.memory_branch(out, y[:1], 3, update=False)
+        assert (mem.logits - out.saliency.logits).abs().max() > 0.5  # the two targets differ
+        teacher = 0.2 * mem.logits + 0.8 * out.saliency.logits
+        torch.testing.assert_close(torch.from_numpy(got["memory_logits"])[None], mem.logits)
+    else:
+        assert "memory_logits" not in got
+    torch.testing.assert_close(torch.softmax(torch.from_numpy(got["pseudo_labels"]), -1)[None],
+                               torch.softmax(teacher / 0.2, -1))
 
 
 # ---------------------------------------------------------------- memory
