@@ -370,6 +370,8 @@ def test_temporary_names_are_hidden_and_carry_the_pid(tmp_path):
     ("data.evaluation.localization.nms=iuo", "nms must be one of"),
     ("data.evaluation.protocol=thumos", "data.evaluation.protocol: expected one of ('anet', 'wtalc')"),
     ("data.evaluation.filter_ambiguous=maybe", "data.evaluation.filter_ambiguous: expected true or false"),
+    ("model.network.memory_read=clas0", "model.network.memory_read: expected one of ('class0', 'gt_classes'"),
+    ("model.network.saliency_ratio=1.5", "model.network.saliency_ratio: must be in (0, 1]"),
 ])
 def test_mistyped_options_are_errors_naming_key_and_allowed_values(tmp_path, override, message):
     from tests.conftest import compose_cfg

@@ -154,7 +154,7 @@ def test_released_flag_is_the_class0_read():
     assert ISSFConfig(compat=CompatConfig(memory_class0=True)).memory_read == "class0"
     with pytest.raises(ValueError, match="memory_read"):
         ISSFConfig(memory_read="all_classes", compat={"memory_class0": True})
-    with pytest.raises(ValueError, match="memory_read must be one of"):
+    with pytest.raises(ValueError, match="model.network.memory_read: expected one of"):
         ISSFConfig(memory_read="per_class")
     with pytest.raises(ValueError, match="memory_background"):
         ISSFConfig(memory_background=True, compat={"memory_class0": True})

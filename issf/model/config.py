@@ -75,20 +75,22 @@ class ISSFConfig:
             self.compat = CompatConfig(**self.compat)
         check_field_types(self, "model.network.")
         if not 0.0 < self.saliency_ratio <= 1.0:
-            raise ValueError(f"saliency_ratio must be in (0, 1], got {self.saliency_ratio}")
+            raise ValueError(f"model.network.saliency_ratio: must be in (0, 1], got {self.saliency_ratio}")
         if self.memory_read not in MEMORY_READS:
-            raise ValueError(f"memory_read must be one of {MEMORY_READS}, got {self.memory_read!r}")
+            raise ValueError(f"model.network.memory_read: expected one of {MEMORY_READS}, got {self.memory_read!r}")
         if self.compat.memory_class0:
             if self.memory_read not in ("class0", type(self).memory_read):  # the default yields
                 raise ValueError(
-                    f"compat.memory_class0=true is memory_read=class0; it cannot be combined with "
+                    f"model.network.compat.memory_class0=true is memory_read=class0; it cannot be combined with "
                     f"memory_read={self.memory_read}"
                 )
             self.memory_read = "class0"
             if self.memory_background:
-                raise ValueError("compat.memory_class0=true is the released memory; it has no memory_background bank")
+                raise ValueError(
+                    "model.network.compat.memory_class0=true is the released memory; it has no memory_background bank"
+                )
         if self.memory and not self.saliency:
-            raise ValueError("memory=true needs saliency=true (the memory stores salient snippet-features)")
+            raise ValueError("model.network.memory=true needs saliency=true (the memory stores salient snippet-features)")
 
     @property
     def memory_start_epoch(self) -> int:
