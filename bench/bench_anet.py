@@ -39,6 +39,7 @@ from issf.eval.evaluator import EvaluationConfig, VideoEvaluator  # noqa: E402
 from issf.eval.localize import select_classes  # noqa: E402
 from issf.model.config import ISSFConfig  # noqa: E402
 from issf.model.network import ISSF  # noqa: E402
+from issf.train.runtime import configure_cpu  # noqa: E402
 
 SNIPPET_SECONDS = 16 / 25
 ANET_VIDEOS = 4926  # ActivityNet v1.3 validation videos
@@ -170,6 +171,7 @@ def bench_train(steps: int, batch: int = 64, length: int = 75, dim: int = 2048, 
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    configure_cpu()  # as the training task does
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="eval,train")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps")

@@ -103,7 +103,7 @@ def _child_loader(path: str, workers: int, epochs: int = 2) -> dict:
 
 
 def _child_convert(kind: str, kwargs: dict) -> dict:
-    from issf.data.convert import convert_per_video, convert_wtalc
+    from issf.data.prepare import convert_per_video, convert_wtalc
 
     t0 = time.perf_counter()
     report = (convert_wtalc if kind == "wtalc" else convert_per_video)(**kwargs)

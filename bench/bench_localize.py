@@ -31,7 +31,7 @@ from bench.common import WTALC_CASES, case, record, report  # noqa: E402
 from issf.data.annotations import GroundTruth  # noqa: E402
 from issf.eval.localize import LocalizationConfig, localize  # noqa: E402
 from issf.eval.metric import TemporalDetectionMAP  # noqa: E402
-from tests.test_localize import actloc_inputs  # noqa: E402
+from tests.eval.test_localize import actloc_inputs  # noqa: E402
 
 REAL_CASE = "actloc_05_thumos_random"  # second case: a CAS on the real THUMOS'14 test split
 

@@ -36,7 +36,7 @@ from bench.common import MAP_CASES, record, report  # noqa: E402
 from bench.common import case as reference_case  # noqa: E402
 from issf.data.annotations import GroundTruth  # noqa: E402
 from issf.eval.metric import TemporalDetectionMAP  # noqa: E402
-from tests.test_metrics import map_case  # noqa: E402
+from tests.eval.test_metrics import map_case  # noqa: E402
 
 THUMOS_TIOU = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 ANET_TIOU = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]

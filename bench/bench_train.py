@@ -29,6 +29,7 @@ from issf.data.datamodule import FeatureDataModule  # noqa: E402
 from issf.data.synthetic import SyntheticConfig, ensure_dataset  # noqa: E402
 from issf.model.config import ISSFConfig  # noqa: E402
 from issf.model.network import ISSF  # noqa: E402
+from issf.train.runtime import configure_cpu  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bench"
 
@@ -98,6 +99,7 @@ def bench_mode(
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    configure_cpu()  # as the training task does
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")

@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-ISSF_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider tests/test_model.py
+ISSF_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider tests/model/test_model.py
 "$PY" bench/bench_train.py --device cuda --threads 8 --workers 4 --epochs 5 --modes batched,single
 "$PY" bench/bench_train.py --device cuda --threads 8 --workers 4 --epochs 5 --modes batched --amp

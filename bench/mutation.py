@@ -34,14 +34,14 @@ sys.path.insert(0, str(ROOT))
 
 REPORT = ROOT / "bench" / "mutation_report.md"
 
-LOSSES = "tests/test_losses.py"
-WIRING = "tests/test_wiring.py"
-SCHEDULE = "tests/test_schedule.py"
-LEARNING = "tests/test_learning.py"
-HYPER = "tests/test_hyperparameters.py"
-MODEL = "tests/test_model.py"
-DATAMODULE = "tests/test_datamodule.py"
-MEMORY_READ = "tests/test_memory_read.py"
+LOSSES = "tests/model/test_losses.py"
+WIRING = "tests/model/test_wiring.py"
+SCHEDULE = "tests/train/test_schedule.py"
+LEARNING = "tests/model/test_learning.py"
+HYPER = "tests/app/test_hyperparameters.py"
+MODEL = "tests/model/test_model.py"
+DATAMODULE = "tests/data/test_datamodule.py"
+MEMORY_READ = "tests/model/test_memory_read.py"
 
 
 @dataclass(frozen=True)
@@ -56,24 +56,24 @@ class Mutation:
 
 MUTATIONS: list[Mutation] = [
     # ---------------------------------------------------------------- losses
-    Mutation("nce_sign", "sign flip in the normalised cross-entropy", "issf/losses.py",
+    Mutation("nce_sign", "sign flip in the normalised cross-entropy", "issf/model/losses.py",
              "return -(targets * torch.log(probs.clamp_min(1e-12))).sum(-1)",
              "return (targets * torch.log(probs.clamp_min(1e-12))).sum(-1)", (LOSSES, LEARNING)),
-    Mutation("attention_loss_sign", "sign flip in the attention loss (largest minus smallest)", "issf/losses.py",
+    Mutation("attention_loss_sign", "sign flip in the attention loss (largest minus smallest)", "issf/model/losses.py",
              "return (bottom.sum(1) - top.sum(1)) / k", "return (top.sum(1) - bottom.sum(1)) / k", (LOSSES, LEARNING)),
-    Mutation("pseudo_label_sign", "sign flip in the pseudo-label cross-entropy", "issf/losses.py",
+    Mutation("pseudo_label_sign", "sign flip in the pseudo-label cross-entropy", "issf/model/losses.py",
              "ce = -(target * F.log_softmax(student.float() / tau, dim=-1)).sum(-1)",
              "ce = (target * F.log_softmax(student.float() / tau, dim=-1)).sum(-1)", (LOSSES, LEARNING)),
-    Mutation("teacher_not_detached", "`.detach()` dropped on the pseudo-label teacher", "issf/losses.py",
+    Mutation("teacher_not_detached", "`.detach()` dropped on the pseudo-label teacher", "issf/model/losses.py",
              "F.softmax(teacher.detach().float() / tau", "F.softmax(teacher.float() / tau", (LOSSES, WIRING)),
-    Mutation("student_without_tau", "temperature applied to the teacher only", "issf/losses.py",
+    Mutation("student_without_tau", "temperature applied to the teacher only", "issf/model/losses.py",
              "F.log_softmax(student.float() / tau, dim=-1)", "F.log_softmax(student.float(), dim=-1)", (LOSSES,)),
-    Mutation("background_target_zero", "background target [y, 0] instead of [y, 1]", "issf/losses.py",
+    Mutation("background_target_zero", "background target [y, 0] instead of [y, 1]", "issf/model/losses.py",
              "torch.cat([labels, zeros + 1], -1)", "torch.cat([labels, zeros], -1)", (LOSSES, WIRING)),
-    Mutation("attention_k_ratio", "attention loss with k = T // 4 instead of T // ratio", "issf/losses.py",
+    Mutation("attention_k_ratio", "attention loss with k = T // 4 instead of T // ratio", "issf/model/losses.py",
              "torch.div(lengths, ratio, rounding_mode=\"floor\")", "torch.div(lengths, 4.0, rounding_mode=\"floor\")",
              (LOSSES,)),
-    Mutation("attention_loss_padding", "attention loss ranks padded positions too", "issf/losses.py",
+    Mutation("attention_loss_padding", "attention loss ranks padded positions too", "issf/model/losses.py",
              "top = torch.sort(attention.masked_fill(~mask, float(\"-inf\")), dim=1, descending=True).values",
              "top = torch.sort(attention, dim=1, descending=True).values", (LOSSES,)),
     # ---------------------------------------------------------------- network wiring
@@ -135,7 +135,7 @@ MUTATIONS: list[Mutation] = [
     Mutation("memory_keeps_lowest", "memory keeps the N lowest-scored candidates", "issf/model/memory.py",
              "top = torch.argsort(pool_score, descending=True, stable=True)[:n]",
              "top = torch.argsort(pool_score, descending=False, stable=True)[:n]", (SCHEDULE, MODEL)),
-    Mutation("init_never_initialized", "initialize_memory never sets `initialized`", "issf/module.py",
+    Mutation("init_never_initialized", "initialize_memory never sets `initialized`", "issf/train/module.py",
              "        self.net.memory.initialized.fill_(True)\n", "", (SCHEDULE,)),
     Mutation("memory_start_shifted", "memory read from epoch init + 2", "issf/model/config.py",
              "return self.memory_init_epoch + 1", "return self.memory_init_epoch + 2", (SCHEDULE,)),
@@ -148,7 +148,7 @@ MUTATIONS: list[Mutation] = [
              "return 1.0 - 0.5 * math.log(math.exp(epoch / schedule_epochs) + 1.0)", (SCHEDULE, MODEL)),
     Mutation("ema_boundary", "EMA from epoch index >= ema_epoch instead of >", "issf/model/memory.py",
              "if epoch > self.ema_epoch:", "if epoch >= self.ema_epoch:", (SCHEDULE, MODEL)),
-    Mutation("batch_loss_mean", "batch loss = mean over videos instead of the sum", "issf/module.py",
+    Mutation("batch_loss_mean", "batch loss = mean over videos instead of the sum", "issf/train/module.py",
              "return terms[\"total\"].sum()", "return terms[\"total\"].mean()", (SCHEDULE,)),
     Mutation("default_gt_classes_read", "the recipes' memory read back to the per-class read "
              "(collapses the pseudo-labels)", "conf/model/issf.yaml",
@@ -158,7 +158,7 @@ MUTATIONS: list[Mutation] = [
     # ---------------------------------------------------------------- data and evaluation
     Mutation("evaluator_fixed_064", "evaluator converts with 0.64 s instead of the file's snippet_seconds",
              "issf/eval/evaluator.py", "self.snippet_seconds = snippet_seconds", "self.snippet_seconds = 0.64", (WIRING,)),
-    Mutation("module_evaluator_064", "the module builds its evaluators with 0.64 s", "issf/module.py",
+    Mutation("module_evaluator_064", "the module builds its evaluators with 0.64 s", "issf/train/module.py",
              "VideoEvaluator(dm.ground_truth(data_split), self.eval_cfg, dm.snippet_seconds)",
              "VideoEvaluator(dm.ground_truth(data_split), self.eval_cfg, 0.64)", (WIRING,)),
     Mutation("labels_by_position", "batch labels by split position instead of file index", "issf/data/datamodule.py",

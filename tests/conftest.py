@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from issf.train.runtime import configure_cpu
 from tests.reference import REFERENCE, ROOT  # noqa: F401  (the one definition of the reference folder)
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+configure_cpu()  # as every training / evaluation task does before it builds a network
 
 
 def padded_batch(lengths: list[int], dim: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ evaluators). Only the files that the tests and benchmarks read are kept:
   gzipped. Every number, input and expected value is kept as it is.
 
 ``MANIFEST.json`` lists every stored file with its source, the source's sha256 and the stored
-file's sha256; ``tests/test_reference.py`` checks them. Output is deterministic (gzip without a
+file's sha256; ``tests/data/test_reference.py`` checks them. Output is deterministic (gzip without a
 time stamp or file name), so re-running on the same sources gives the same bytes.
 """
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +36,9 @@ import h5py
 import numpy as np
 
 from issf.data.annotations import GroundTruth
-from issf.io import remove_stale_temporaries, temporary_path
+from issf.utils.io import remove_stale_temporaries, temporary_path
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
@@ -77,10 +79,10 @@ def write_feature_file(
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (task option `overwrite=true`) to replace it")
+        raise FileExistsError(f"{path} exists; add data.prepare.overwrite=true (overwrite=True in Python) to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_temporaries(path.parent, path.name):
-        print(f"removed {stale}, left by an interrupted process", file=sys.stderr)
+        log.warning(f"removed {stale}, left by an interrupted process")
     tmp = temporary_path(path)
     np_dtype = np.dtype(dtype)
     if np_dtype not in (np.float16, np.float32):

@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 
 from issf.data.h5 import VideoEntry, write_feature_file
-from issf.data.npy import load_npy
+from issf.data.prepare.npy import load_npy
 
 THUMOS14_CLASSES = [
     "BaseballPitch", "BasketballDunk", "Billiards", "CleanAndJerk", "CliffDiving",
@@ -202,9 +202,6 @@ def make_world(cfg: SyntheticConfig, class_names: list[str] | None = None) -> Wo
     return World(names, protos, motion, decoder.astype(np.float32), bias.astype(np.float32))
 
 
-# --------------------------------------------------------------------------------------------
-# layouts
-
 
 def _lognormal(rng: np.random.Generator, median: float, sigma: float, size: Any = None) -> Any:
     return median * np.exp(sigma * rng.standard_normal(size))
@@ -332,9 +329,6 @@ def layouts(cfg: SyntheticConfig) -> tuple[list[str], Iterator[Layout]]:
     counts = {"train": cfg.num_train, "test": cfg.num_test}
     return classes, (_synthetic_layout(cfg, s, i) for s in SPLITS for i in range(counts[s]))
 
-
-# --------------------------------------------------------------------------------------------
-# features
 
 
 def _ramps(centers: np.ndarray, bounds: np.ndarray, width: float) -> np.ndarray:

@@ -6,5 +6,8 @@ One job per module: ``detections`` (the ``Detections`` type, ActivityNet-format 
 ``localize`` (CAS -> detections), ``functional`` (matching and AP), ``metric``
 (``TemporalDetectionMAP``), ``classification`` (video classification mAP), ``error_analysis``
 (DETAD-style error breakdown), ``evaluator`` (``EvaluationConfig``, ``VideoEvaluator``),
-``predictions`` (``predictions.h5``).
+``predictions`` (``predictions.h5``), ``intervals`` (interval overlap and second <-> snippet
+conversion).
+
+May import: ``issf.utils``, ``issf.data``.
 """

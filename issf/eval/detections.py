@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from issf.data.annotations import GroundTruth
-from issf.io import atomic_write
+from issf.utils.io import atomic_write
 
 VERSION = "VERSION 1.3"
 

@@ -38,8 +38,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from issf.data.annotations import GroundTruth
-from issf.eval.localize import Detections
-from issf.intervals import overlaps_any
+from issf.eval.detections import Detections
+from issf.eval.functional import candidate_pairs, greedy_match, pair_iou
+from issf.eval.intervals import overlaps_any
 
 CATEGORIES: tuple[str, ...] = (
     "true_positive",
@@ -114,58 +115,6 @@ def length_bin_names(edges: Sequence[float]) -> tuple[str, ...]:
     return (*names, f">={edges[-1]:g}s") if edges else ("all",)
 
 
-def _pairs_by_video(det_video: np.ndarray, gt_video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All (detection, GT) index pairs of the same video."""
-    order = np.argsort(gt_video, kind="stable")
-    keys = gt_video[order]
-    lo = np.searchsorted(keys, det_video, "left")
-    count = np.searchsorted(keys, det_video, "right") - lo
-    pair_det = np.repeat(np.arange(len(det_video)), count)
-    offset = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
-    return pair_det, order[np.repeat(lo, count) + offset]
-
-
-def _tiou(ds: np.ndarray, de: np.ndarray, gs: np.ndarray, ge: np.ndarray) -> np.ndarray:
-    """Continuous tIoU of paired segments; 0 without a positive intersection."""
-    inter = np.minimum(de, ge) - np.maximum(ds, gs)
-    union = (de - ds) + (ge - gs) - inter
-    out = np.zeros(len(inter))
-    pos = inter > 0
-    out[pos] = inter[pos] / union[pos]
-    return out
-
-
-def _greedy_tp(
-    pair_det: np.ndarray, pair_gt: np.ndarray, iou: np.ndarray, block: np.ndarray, rank: np.ndarray, n_gt: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy matching over eligible (same class, tIoU >= α) pairs; returns (matched det, matched GT).
-
-    Blocks (video, class) never share a GT, so step ``k`` matches the ``k``-th ranked eligible
-    detection of every block at once.
-    """
-    if len(pair_det) == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    holders = np.unique(pair_det)
-    holders = holders[np.lexsort((rank[holders], block[holders]))]
-    first = np.r_[True, block[holders][1:] != block[holders][:-1]]
-    step = np.zeros(len(block), dtype=np.int64)
-    step[holders] = np.arange(len(holders)) - np.flatnonzero(first)[np.cumsum(first) - 1]
-
-    order = np.lexsort((-pair_gt, -iou, pair_det, step[pair_det]))  # equal tIoU: later GT first
-    d, g, s = pair_det[order], pair_gt[order], step[pair_det[order]]
-    bounds = np.searchsorted(s, np.arange(s[-1] + 2))
-    taken = np.zeros(n_gt, dtype=bool)
-    out_d, out_g = [], []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        free = ~taken[g[a:b]]
-        dd, gg = d[a:b][free], g[a:b][free]
-        _, first_of_det = np.unique(dd, return_index=True)  # pairs sorted by preference per detection
-        taken[gg[first_of_det]] = True
-        out_d.append(dd[first_of_det])
-        out_g.append(gg[first_of_det])
-    return np.concatenate(out_d), np.concatenate(out_g)
-
-
 def _top_k_mask(det: Detections, gt: GroundTruth, factor: float, eligible: np.ndarray) -> np.ndarray:
     """Per class, the ``int(factor * G_c)`` best-ranked eligible detections (equal scores: later row first)."""
     n_gt = np.bincount(gt.segment_label, minlength=gt.num_classes)
@@ -226,8 +175,9 @@ def error_breakdown(
     idx = np.flatnonzero(considered)
     det = detections.select(idx)
 
-    pair_det, pair_gt = _pairs_by_video(det.video, gt.segment_video)
-    iou = _tiou(det.start[pair_det], det.end[pair_det], gt.segments[pair_gt, 0], gt.segments[pair_gt, 1])
+    pair_det, pair_gt = candidate_pairs(det.video, gt.segment_video)
+    iou = pair_iou(det.start[pair_det], det.end[pair_det], gt.segments[pair_gt, 0], gt.segments[pair_gt, 1],
+                   discrete=False)
     same = det.label[pair_det] == gt.segment_label[pair_gt]
     best_same = np.zeros(len(det))
     best_other = np.zeros(len(det))
@@ -237,9 +187,11 @@ def error_breakdown(
     rank = np.empty(len(det), dtype=np.int64)
     rank[np.lexsort((-np.arange(len(det)), -det.score))] = np.arange(len(det))  # equal scores: later first
     ok = same & (iou >= tiou)
-    tp_det, tp_gt = _greedy_tp(
-        pair_det[ok], pair_gt[ok], iou[ok], det.video * gt.num_classes + det.label, rank, len(gt.segments)
-    )
+    # the mAP's greedy matching at the one threshold (equal tIoU: later GT first, as the anet protocol)
+    tp, matched = greedy_match(pair_det[ok], pair_gt[ok], iou[ok], -pair_gt[ok], det.video * gt.num_classes + det.label,
+                               rank, len(gt.segments), np.asarray([tiou], dtype=np.float64))
+    tp_det = np.flatnonzero(tp[0])
+    tp_gt = matched[0, tp_det]
 
     cat = np.full(len(det), BG, dtype=np.int64)
     # assign from the lowest priority up, so that higher-priority rules overwrite

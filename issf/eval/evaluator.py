@@ -11,12 +11,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from issf.config_types import check_field_types
 from issf.data.annotations import GroundTruth
-from issf.eval.localize import Detections, LocalizationConfig, localize
+from issf.eval.detections import Detections
+from issf.eval.functional import PROTOCOLS
+from issf.eval.localize import LocalizationConfig, localize
 from issf.eval.metric import TemporalDetectionMAP
+from issf.utils.config_types import check_field_types
 
-PROTOCOLS = ("anet", "wtalc")
 THUMOS_AVERAGES = {"AVG(0.1:0.5)": (0.1, 0.5), "AVG(0.3:0.7)": (0.3, 0.7), "AVG(0.1:0.7)": (0.1, 0.7)}
 
 

@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from issf.data.annotations import GroundTruth
-from issf.intervals import overlaps_any, seconds_to_snippet_range
+from issf.eval.intervals import overlaps_any, seconds_to_snippet_range
 
 __all__ = ["PROTOCOLS", "detection_average_precision", "exact_thresholds", "summarize"]
 
@@ -241,12 +241,8 @@ class _PreparedGT:
         return video, start, end, label, score
 
 
-# ---------------------------------------------------------------------------------------------
-# matching and AP (numpy)
-
-
-def _candidate_pairs(det_block: np.ndarray, gt_block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All (detection, GT) index pairs that share a block key (video * C + class)."""
+def candidate_pairs(det_block: np.ndarray, gt_block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All (detection, GT) index pairs that share a key (a block key video * C + class, or a video)."""
     gt_order = np.argsort(gt_block, kind="stable")
     keys = gt_block[gt_order]
     lo = np.searchsorted(keys, det_block, "left")
@@ -258,7 +254,7 @@ def _candidate_pairs(det_block: np.ndarray, gt_block: np.ndarray) -> tuple[np.nd
     return pair_det, gt_order[pos]
 
 
-def _pair_iou(ds: np.ndarray, de: np.ndarray, gs: np.ndarray, ge: np.ndarray, discrete: bool) -> np.ndarray:
+def pair_iou(ds: np.ndarray, de: np.ndarray, gs: np.ndarray, ge: np.ndarray, discrete: bool) -> np.ndarray:
     """tIoU of paired intervals; 0 where they do not intersect.
 
     Continuous: the official ``segment_iou`` formula in float64. Discrete: ``|A ∩ B| / |A ∪ B|`` of the
@@ -276,7 +272,7 @@ def _pair_iou(ds: np.ndarray, de: np.ndarray, gs: np.ndarray, ge: np.ndarray, di
     return iou
 
 
-def _greedy_match(
+def greedy_match(
     pair_det: np.ndarray,
     pair_gt: np.ndarray,
     pair_iou: np.ndarray,
@@ -285,8 +281,9 @@ def _greedy_match(
     det_rank: np.ndarray,
     n_gt: int,
     thresholds: np.ndarray,
-) -> np.ndarray:
-    """True-positive flags [T, N] of the official greedy matching, for all thresholds at once.
+) -> tuple[np.ndarray, np.ndarray]:
+    """True-positive flags [T, N] of the official greedy matching, for all thresholds at once, and
+    the GT index each true positive took ([T, N], -1 elsewhere).
 
     A detection, in score order, takes the free GT of its block with the highest IoU >= θ (ties by
     ``pair_gt_rank``, lower first). Detections of different blocks never compete, so step ``k``
@@ -294,8 +291,9 @@ def _greedy_match(
     """
     n_thr = len(thresholds)
     tp = np.zeros((n_thr, len(det_block)), dtype=bool)
+    matched = np.full((n_thr, len(det_block)), -1, dtype=np.int64)
     if len(pair_det) == 0:
-        return tp
+        return tp, matched
     holders = np.unique(pair_det)
     holders = holders[np.lexsort((det_rank[holders], det_block[holders]))]
     block = det_block[holders]
@@ -322,7 +320,8 @@ def _greedy_match(
         t_idx, j_idx = t_idx[first], j_idx[first]
         taken[t_idx, g[j_idx]] = True
         tp[t_idx, d[j_idx]] = True
-    return tp
+        matched[t_idx, d[j_idx]] = g[j_idx]
+    return tp, matched
 
 
 def _interpolated_ap(tp: np.ndarray, npos: int) -> np.ndarray:
@@ -372,12 +371,12 @@ def _score_detections(
     det_rank[by_score] = np.arange(n)
     det_block = video * n_cls + label
 
-    pair_det, pair_gt = _candidate_pairs(det_block, prep.video * n_cls + prep.label)
-    iou = _pair_iou(start[pair_det], end[pair_det], prep.start[pair_gt], prep.end[pair_gt], discrete=wtalc)
+    pair_det, pair_gt = candidate_pairs(det_block, prep.video * n_cls + prep.label)
+    iou = pair_iou(start[pair_det], end[pair_det], prep.start[pair_gt], prep.end[pair_gt], discrete=wtalc)
     usable = iou >= thresholds.min()
     pair_det, pair_gt, iou = pair_det[usable], pair_gt[usable], iou[usable]
     gt_rank = pair_gt if wtalc else -pair_gt
-    tp = _greedy_match(pair_det, pair_gt, iou, gt_rank, det_block, det_rank, len(prep.label), thresholds)
+    tp, _ = greedy_match(pair_det, pair_gt, iou, gt_rank, det_block, det_rank, len(prep.label), thresholds)
 
     ap = np.full((n_cls, len(thresholds)), np.nan)
     has_gt = prep.npos > 0

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from issf.config_types import check_field_types
 from issf.eval.detections import Detections
+from issf.utils.config_types import check_field_types
 
 #: Exact doubles of ``np.arange(0.001, 0.04, 0.002)`` (some are not the decimal literals).
 DEFAULT_CAS_THRESHOLDS: tuple[float, ...] = tuple(float(t) for t in np.arange(0.001, 0.04, 0.002))

@@ -14,7 +14,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from issf.data.annotations import GroundTruth
-from issf.eval.functional import (  # noqa: F401
+from issf.eval.functional import (
     _COLUMNS,
     ArrayLike,
     _check_options,

@@ -24,11 +24,11 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from torchmetrics.functional.classification import multilabel_average_precision
 
 from issf.data.annotations import GroundTruth
+from issf.eval.classification import classification_map
 from issf.eval.evaluator import EvaluationConfig, EvaluationResult, VideoEvaluator
-from issf.io import atomic_write
+from issf.utils.io import atomic_write
 
 SCHEMA_VERSION = 1
 _STR = h5py.string_dtype()
@@ -136,6 +136,4 @@ def score_predictions(preds: Predictions, ground_truth: GroundTruth, evaluation:
                          torch.from_numpy(preds.video_scores[first : first + len(videos)]), torch.from_numpy(cas),
                          torch.from_numpy(lengths), torch.from_numpy(preds.scale[first : first + len(videos)]))
     labels = torch.from_numpy(ground_truth.labels[preds.video_index].astype(np.int64))
-    cls_map = multilabel_average_precision(torch.from_numpy(preds.video_scores), labels,
-                                           num_labels=len(preds.class_names), average="macro")
-    return evaluator.result(cls_map=float(cls_map))
+    return evaluator.result(cls_map=classification_map(preds.video_scores, labels) / 100.0)

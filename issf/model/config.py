@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from issf.config_types import check_field_types
+from issf.utils.config_types import check_field_types
 
 # How the memory branch reads (and fills) the memory; see ISSF.memory_branch.
 MEMORY_READS = ("class0", "gt_classes", "all_classes", "shared")

@@ -13,15 +13,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from issf.losses import attention_loss, nce, pseudo_label_loss, video_targets
 from issf.model.config import ISSFConfig
 from issf.model.embedding import Embedding
 from issf.model.head import BranchOutput, ClassificationHead
 from issf.model.interaction import InteractionUnit, packed_attention
+from issf.model.losses import attention_loss, nce, pseudo_label_loss, video_targets
 from issf.model.memory import SalientMemory
 from issf.model.packing import Packing
 from issf.model.saliency import packed_differences, select_salient
-from issf.runtime import configure_cpu
 
 
 @dataclass
@@ -40,7 +39,6 @@ class ForwardOutput:
 class ISSF(nn.Module):
     def __init__(self, cfg: ISSFConfig):
         super().__init__()
-        configure_cpu()  # denormal flush and heap reuse (issf.runtime)
         self.cfg = cfg
         self.embedding = Embedding(cfg.input_dim, cfg.embed_dim, cfg.dropout)
         self.head = ClassificationHead(cfg.embed_dim, cfg.num_classes, cfg.scale)

@@ -1,0 +1,150 @@
+"""Multirun outputs -> a paper-style ablation table (rows = configurations, mean ± std over seeds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from issf.utils.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+SEED_KEYS = ("seed",)
+CURVE_METRICS = ("AVG(0.1:0.7)", "AVG")  # the first one a run logged is the curve's metric
+
+
+def _job_overrides(job_dir: Path) -> list[str]:
+    path = job_dir / ".hydra" / "overrides.yaml"
+    return list(yaml.safe_load(path.read_text()) or []) if path.exists() else []
+
+
+def collect_runs(multirun_dir: str | os.PathLike, split: str = "test") -> list[dict[str, Any]]:
+    """One record per finished job: its configuration key (overrides without the seed), seed and metrics."""
+    root = Path(multirun_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"multirun directory not found: {root}")
+    runs = []
+    for metrics_path in sorted(root.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        overrides = _job_overrides(metrics_path.parent)
+        seed = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") in SEED_KEYS), None)
+        key = " ".join(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in SEED_KEYS) or "default"
+        metrics = json.loads(metrics_path.read_text())
+        if split not in metrics:
+            raise KeyError(f"{metrics_path}: no '{split}' entry (keys: {sorted(metrics)})")
+        runs.append({"config": key, "seed": seed, "job": metrics_path.parent.name, "metrics": metrics[split],
+                     "curve": read_curve(metrics_path.parent / "csv" / "metrics.csv")})
+    if not runs:
+        raise FileNotFoundError(f"{root}: no */metrics.json found (is this a multirun directory?)")
+    # overrides shared by every job (e.g. sweep=ablation) do not name a configuration
+    common = set.intersection(*(set(r["config"].split()) for r in runs))
+    for r in runs:
+        r["config"] = " ".join(o for o in r["config"].split() if o not in common) or "default"
+    return runs
+
+
+def read_curve(csv_path: Path) -> dict[int, float]:
+    """Validation curve {epochs trained: value} of the first of ``CURVE_METRICS`` in a run's CSV log
+    (empty when the run has no CSV log or never evaluated)."""
+    if not csv_path.exists():
+        return {}
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for name in CURVE_METRICS:
+        column = f"val/{name}"
+        points = {int(r["epoch"]) + 1: float(r[column]) for r in rows if r.get(column) not in (None, "")}
+        if points:
+            return points
+    return {}
+
+
+def summarize_curves(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per configuration: the last and the best evaluation (mean, sample std over seeds) and the
+    seed-mean curve, its best epoch and how much it loses from its best evaluation to its last."""
+    by_config: dict[str, list[dict[int, float]]] = {}
+    for run in runs:
+        if run["curve"]:
+            by_config.setdefault(run["config"], []).append(run["curve"])
+    rows = []
+    for config, curves in by_config.items():
+        epochs = sorted(set.intersection(*(set(c) for c in curves)))
+        if not epochs:
+            continue
+        values = np.asarray([[c[e] for e in epochs] for c in curves], dtype=np.float64)
+        mean_curve = values.mean(0)
+        ddof = 1 if len(curves) > 1 else 0
+        best = int(mean_curve.argmax())
+        rows.append({
+            "config": config, "n": len(curves), "epochs": epochs, "mean_curve": mean_curve.tolist(),
+            "last": (float(values[:, -1].mean()), float(values[:, -1].std(ddof=ddof))),
+            "best": (float(values.max(1).mean()), float(values.max(1).std(ddof=ddof))),
+            "curve_best_epoch": epochs[best], "curve_drop": float(mean_curve[best] - mean_curve[-1]),
+        })
+    return rows
+
+
+def curves_to_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| configuration | seeds | last evaluation | best of evaluations | seed-mean curve: best (epoch) "
+             "| seed-mean curve: best - last | seed-mean curve |", "|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        curve = " ".join(f"{v:.1f}" for v in r["mean_curve"])
+        best = max(r["mean_curve"])
+        lines.append(f"| {r['config']} | {r['n']} | {r['last'][0]:.2f} ± {r['last'][1]:.2f} "
+                     f"| {r['best'][0]:.2f} ± {r['best'][1]:.2f} | {best:.2f} ({r['curve_best_epoch']}) "
+                     f"| {r['curve_drop']:.2f} | {curve} |")
+    return "\n".join(lines) + "\n"
+
+
+def summarize_runs(runs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Rows in order of first appearance: mean, sample std (ddof=1; 0 for a single seed), n."""
+    columns = list(runs[0]["metrics"].keys())
+    rows: dict[str, list[dict[str, float]]] = {}
+    for run in runs:
+        rows.setdefault(run["config"], []).append(run["metrics"])
+    table = []
+    for config, values in rows.items():
+        stats = {}
+        for c in columns:
+            v = np.asarray([m[c] for m in values if c in m], dtype=np.float64)
+            stats[c] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+        table.append({"config": config, "n": len(values), "stats": stats})
+    return columns, table
+
+
+def to_markdown(columns: list[str], table: list[dict[str, Any]]) -> str:
+    head = "| configuration | seeds | " + " | ".join(columns) + " |"
+    rule = "|---|---:|" + "---:|" * len(columns)
+    lines = [head, rule]
+    for row in table:
+        cells = [f"{row['stats'][c][0]:.2f} ± {row['stats'][c][1]:.2f}" for c in columns]
+        lines.append(f"| {row['config']} | {row['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(multirun_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Write report.md and report.csv (default: into the multirun directory) and print the table."""
+    runs = collect_runs(multirun_dir)
+    columns, table = summarize_runs(runs)
+    out = Path(output_dir or multirun_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = to_markdown(columns, table)
+    curves = summarize_curves(runs)
+    if curves:
+        epochs = curves[0]["epochs"]
+        markdown += (f"\nValidation curve, {CURVE_METRICS[0]} (or AVG) at epochs {', '.join(map(str, epochs))}:\n\n"
+                     + curves_to_markdown(curves))
+    with atomic_write(out / "report.md", "w") as f:
+        f.write(markdown)
+    with atomic_write(out / "report.csv", "w") as f:
+        writer = csv.writer(f)
+        writer.writerow(["configuration", "seeds"] + [f"{c} {s}" for c in columns for s in ("mean", "std")])
+        for row in table:
+            writer.writerow([row["config"], row["n"]] + [x for c in columns for x in row["stats"][c]])
+    log.info(markdown)
+    return {"markdown": markdown, "columns": columns, "rows": table, "runs": runs, "curves": curves}

@@ -1,0 +1,95 @@
+"""The Hydra entry point: ``python run.py [task=...] [overrides]`` composes ``conf/`` and runs one
+task of ``issf.app.tasks`` in its run directory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from issf.app.console import print_config_tree, quiet_third_party
+from issf.app.ddp import launching_process, patch_ddp_launcher
+from issf.app.overrides import wandb_identity
+from issf.app.run_dir import resume_directory, run_directory_lock
+from issf.app.tasks import TASKS, exit_on_sigterm, finish_wandb
+from issf.utils.io import atomic_write
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def known_task(task: str) -> str:
+    """Hydra resolver for the output paths: an unknown task stops before Hydra makes its directory."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task={task!r}; choose one of {', '.join(sorted(TASKS))}")
+    return task
+
+
+OmegaConf.register_new_resolver("resume_directory", resume_directory, replace=True)
+OmegaConf.register_new_resolver("known_task", known_task, replace=True)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    output_dir = Path(hc.runtime.output_dir)
+    # SIGTERM unwinds like an error, so files being written are cleaned up (training replaces this
+    # handler with Lightning's, which stops at the next step)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    quiet_third_party()
+    patch_ddp_launcher()
+    if cfg.get("logger") and cfg.logger.get("wandb"):
+        name, tags = wandb_identity(cfg, list(hc.overrides.task))
+        cfg.logger.wandb.name = cfg.logger.wandb.name or name
+        cfg.logger.wandb.tags = tags
+        if hc.mode == RunMode.MULTIRUN:
+            cfg.logger.wandb.group = cfg.logger.wandb.group or Path(hc.sweep.dir).name  # one W&B group per sweep
+    with run_directory_lock(output_dir):
+        with atomic_write(output_dir / "config_resolved.yaml", "w") as f:
+            f.write(OmegaConf.to_yaml(cfg, resolve=True))
+        if cfg.task in ("train", "eval") and cfg.get("print_config", True) and launching_process():
+            print_config_tree(cfg)
+        try:
+            result = TASKS[cfg.task](cfg, output_dir)
+        finally:
+            finish_wandb()
+    if cfg.task in ("train", "eval") and launching_process():
+        written = sorted(p.name + ("/" if p.is_dir() else "") for p in output_dir.iterdir() if not p.name.startswith("."))
+        log.info(f"run directory: {output_dir}\n  {' '.join(written)}")
+    value = (result or {}).get("test", {}).get(cfg.get("optimized_metric") or "AVG")
+    return float(value) if value is not None else None
+
+
+class SweepSummary(Callback):
+    """Hydra callback: at the end of a multirun, name its directory and the report command."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
+        sweep_dir = config.hydra.sweep.dir
+        log.info(f"sweep directory: {sweep_dir}\ntable of the jobs: python run.py task=report dir={sweep_dir}")
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """``run.py``: ``--version``, a mistyped ``task=`` stopped with one line before Hydra makes any
+    directory (the ``known_task`` resolver is the backstop for other ways of setting it), then
+    :func:`main`."""
+    argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    if "--version" in argv:
+        from issf import __version__
+
+        sys.exit(print(f"issf {__version__}"))
+    for arg in argv:
+        if arg.startswith("task="):
+            for task in arg.split("=", 1)[1].split(","):
+                if task not in TASKS:
+                    sys.exit(f"run.py: unknown task={task!r}; choose one of {', '.join(sorted(TASKS))}")
+    main()

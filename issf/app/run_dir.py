@@ -1,0 +1,37 @@
+"""Run directories: where a run writes (Hydra resolvers), its lock, and the history a resumed run
+carries over."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from issf.app.ddp import launching_process
+from issf.app.run_lock import RunDirectoryLock
+
+
+def resume_directory(task: str, ckpt_path: str | None, default: str) -> str:
+    """Hydra resolver for ``hydra.run.dir``: training resumed from ``<run>/checkpoints/*.ckpt``
+    continues in ``<run>`` (its logs, best checkpoint and history), any other run gets ``default``."""
+    if task == "train" and ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
+        return str(Path(ckpt_path).resolve().parent.parent)
+    return default
+
+
+def run_directory_lock(output_dir: Path) -> AbstractContextManager[object]:
+    """The run directory's lock (``run_lock``), taken by the launching process only: DDP ranks it
+    starts write into the same directory."""
+    if not launching_process():
+        return contextlib.nullcontext()
+    return RunDirectoryLock(output_dir)
+
+
+def carry_history(ckpt_path: Path, output_dir: Path) -> None:
+    """A run resumed into a new directory starts from a copy of the old run's CSV history."""
+    old = ckpt_path.resolve().parent.parent / "csv" / "metrics.csv"
+    new = output_dir / "csv" / "metrics.csv"
+    if old.is_file() and not new.exists() and old.resolve() != new.resolve():
+        new.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(old, new)

@@ -1,0 +1,143 @@
+"""One function per task of ``python run.py task=...``; each takes the composed config and the run
+directory and returns what the task produced (a metrics dictionary for train and eval)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from issf.app.build import build_datamodule, build_module, build_trainer, ensure_data, validate_config
+from issf.app.ddp import teardown_ddp_children
+from issf.app.overrides import command_overrides, evaluation_overrides, use_checkpoint_data
+from issf.app.run_dir import carry_history
+from issf.train.runtime import configure_cpu
+
+log = logging.getLogger(__name__)
+
+SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process killed by it
+
+
+def exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like an error, so files being written are cleaned up."""
+    raise SystemExit(SIGTERM_EXIT_CODE)
+
+
+def task_train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from issf.train.checkpoints import check_checkpoint_fits, read_checkpoint
+    from issf.train.pipeline import fit_and_test
+
+    validate_config(cfg)
+    configure_cpu()
+    pl.seed_everything(cfg.seed, workers=True)
+    ensure_data(cfg)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    if cfg.get("ckpt_path"):
+        check_checkpoint_fits(read_checkpoint(cfg.ckpt_path), cfg.ckpt_path, module.hparams.num_classes,
+                              module.hparams.input_dim)
+        carry_history(Path(cfg.ckpt_path), output_dir)
+    trainer = build_trainer(cfg)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Lightning's handler alone: it stops at the next step
+    try:
+        return fit_and_test(trainer, module, datamodule, output_dir, ckpt_path=cfg.get("ckpt_path"),
+                            test=cfg.test_after_fit)
+    except SIGTERMException:  # Lightning stops at the next step; last.ckpt holds the last whole epoch
+        resume = output_dir / "checkpoints" / "last.ckpt"
+        log.error(f"stopped by SIGTERM; resume with: python run.py {' '.join(command_overrides())} "
+                  f"ckpt_path={resume}" if resume.is_file() else "stopped by SIGTERM before the first epoch ended")
+        raise SystemExit(SIGTERM_EXIT_CODE) from None
+    finally:
+        signal.signal(signal.SIGTERM, exit_on_sigterm)
+        teardown_ddp_children(trainer)
+
+
+def task_eval(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    from issf.train.pipeline import evaluate_checkpoint, evaluate_detections_file, evaluate_predictions
+
+    validate_config(cfg)
+    if (cfg.get("ckpt_path") or cfg.get("predictions")) and not cfg.get("detections"):
+        use_checkpoint_data(cfg)
+    ensure_data(cfg)
+    datamodule = build_datamodule(cfg)
+    if cfg.get("predictions"):
+        return evaluate_predictions(cfg.predictions, datamodule, output_dir, evaluation_overrides(cfg))
+    if cfg.get("detections"):
+        return evaluate_detections_file(cfg.detections, datamodule, dict(OmegaConf.to_container(
+            cfg.data.evaluation, resolve=True)), output_dir)
+    if not cfg.get("ckpt_path"):
+        raise ValueError("task=eval needs ckpt_path=<checkpoint>, predictions=<run>/predictions.h5 or "
+                         "detections=<results.json>")
+    configure_cpu()
+    trainer = build_trainer(cfg)
+    return evaluate_checkpoint(cfg.ckpt_path, trainer, datamodule, output_dir, evaluation_overrides(cfg))
+
+
+def task_synthesize(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    ensure_data(cfg)
+    return {"path": cfg.data.datamodule.path}
+
+
+def task_verify(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Recompute the feature file's checksum and compare it with the one stored at prepare time."""
+    from issf.data.h5 import FeatureFile
+
+    path = cfg.data.datamodule.path
+    checksum = FeatureFile(path).verify()
+    log.info(f"{path}: content unchanged since it was prepared ({checksum})")
+    return {"path": path, "checksum": checksum}
+
+
+def task_prepare(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    from issf.data.prepare import prepare_from_config
+
+    report = prepare_from_config(OmegaConf.to_container(cfg.data.prepare, resolve=True), cfg.data.datamodule.path)
+    log.info(str(report))
+    return {"path": cfg.data.datamodule.path}
+
+
+def task_report(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    from issf.analysis.report import write_report
+
+    if not cfg.get("dir"):
+        raise ValueError("task=report needs dir=<multirun directory>")
+    report = write_report(cfg.dir)
+    log.info(f"wrote {Path(cfg.dir) / 'report.md'} and {Path(cfg.dir) / 'report.csv'}")
+    if cfg.get("logger") and cfg.logger.get("wandb"):
+        log_report_to_wandb(report, cfg, Path(cfg.dir))
+    return report
+
+
+def log_report_to_wandb(report: dict[str, Any], cfg: DictConfig, sweep_dir: Path) -> None:
+    """The ablation table as a W&B table in the sweep's group (offline unless configured)."""
+    import wandb
+
+    w = cfg.logger.wandb
+    run = wandb.init(project=w.project, group=sweep_dir.name, job_type="report", dir=str(sweep_dir),
+                     mode="offline" if w.offline else "online", config={"sweep_dir": str(sweep_dir)})
+    columns = ["configuration", "seeds"] + [f"{c} {s}" for c in report["columns"] for s in ("mean", "std")]
+    rows = [[r["config"], r["n"]] + [x for c in report["columns"] for x in r["stats"][c]] for r in report["rows"]]
+    run.log({"ablation": wandb.Table(columns=columns, data=rows)})
+    run.finish()
+
+
+def finish_wandb() -> None:
+    """Close the W&B run of this job so the next multirun job starts its own (docs/framework.md, item 2)."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
+TASKS: dict[str, Callable[[DictConfig, Path], dict[str, Any]]] = {
+    "train": task_train, "eval": task_eval, "synthesize": task_synthesize, "prepare": task_prepare,
+    "verify": task_verify, "report": task_report,
+}

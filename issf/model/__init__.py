@@ -1,0 +1,5 @@
+"""The ISSF network (plain PyTorch, no Lightning): embedding, saliency selection, interaction
+units, salient memory, classification head, losses, and the network config.
+
+May import: ``issf.utils``.
+"""
