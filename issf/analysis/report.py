@@ -18,6 +18,12 @@ log = logging.getLogger(__name__)
 
 SEED_KEYS = ("seed",)
 CURVE_METRICS = ("AVG(0.1:0.7)", "AVG")  # the first one a run logged is the curve's metric
+# the test split evaluated during fitting: logged as test_curve/* when the best checkpoint is
+# selected on held-out validation videos, else as val/* (the test split is then the selection split)
+CURVE_TAGS = ("test_curve", "val")
+# the best checkpoint's test, by the split it was selected on (issf.train.module)
+SELECTED = {"test_val_selected": "best checkpoint selected on validation videos held out from the training split",
+            "test_best_on_test": "best checkpoint selected on the test split itself (optimistic, as the released code)"}
 
 
 def _job_overrides(job_dir: Path) -> list[str]:
@@ -39,6 +45,7 @@ def collect_runs(multirun_dir: str | os.PathLike, split: str = "test") -> list[d
         if split not in metrics:
             raise KeyError(f"{metrics_path}: no '{split}' entry (keys: {sorted(metrics)})")
         runs.append({"config": key, "seed": seed, "job": metrics_path.parent.name, "metrics": metrics[split],
+                     "selected": {tag: metrics[tag] for tag in SELECTED if tag in metrics},
                      "curve": read_curve(metrics_path.parent / "csv" / "metrics.csv")})
     if not runs:
         raise FileNotFoundError(f"{root}: no */metrics.json found (is this a multirun directory?)")
@@ -50,17 +57,19 @@ def collect_runs(multirun_dir: str | os.PathLike, split: str = "test") -> list[d
 
 
 def read_curve(csv_path: Path) -> dict[int, float]:
-    """Validation curve {epochs trained: value} of the first of ``CURVE_METRICS`` in a run's CSV log
-    (empty when the run has no CSV log or never evaluated)."""
+    """Test curve {epochs trained: value} of the first of ``CURVE_METRICS`` in a run's CSV log: the
+    test split's evaluations during fitting (``CURVE_TAGS``); empty when the run has no CSV log or
+    never evaluated."""
     if not csv_path.exists():
         return {}
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
-    for name in CURVE_METRICS:
-        column = f"val/{name}"
-        points = {int(r["epoch"]) + 1: float(r[column]) for r in rows if r.get(column) not in (None, "")}
-        if points:
-            return points
+    for tag in CURVE_TAGS:
+        for name in CURVE_METRICS:
+            column = f"{tag}/{name}"
+            points = {int(r["epoch"]) + 1: float(r[column]) for r in rows if r.get(column) not in (None, "")}
+            if points:
+                return points
     return {}
 
 
@@ -101,12 +110,15 @@ def curves_to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summarize_runs(runs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Rows in order of first appearance: mean, sample std (ddof=1; 0 for a single seed), n."""
-    columns = list(runs[0]["metrics"].keys())
+def summarize_runs(runs: list[dict[str, Any]], tag: str | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+    """Rows in order of first appearance: mean, sample std (ddof=1; 0 for a single seed), n; of the
+    last weights' test, or (``tag``, a key of ``SELECTED``) of the best checkpoint's test."""
+    figures = [(run["config"], run["metrics"] if tag is None else run["selected"][tag])
+               for run in runs if tag is None or tag in run["selected"]]
+    columns = list(figures[0][1].keys())
     rows: dict[str, list[dict[str, float]]] = {}
-    for run in runs:
-        rows.setdefault(run["config"], []).append(run["metrics"])
+    for config, metrics in figures:
+        rows.setdefault(config, []).append(metrics)
     table = []
     for config, values in rows.items():
         stats = {}
@@ -133,12 +145,15 @@ def write_report(multirun_dir: str | os.PathLike, output_dir: str | os.PathLike 
     columns, table = summarize_runs(runs)
     out = Path(output_dir or multirun_dir)
     out.mkdir(parents=True, exist_ok=True)
-    markdown = to_markdown(columns, table)
+    markdown = "Test of the last weights:\n\n" + to_markdown(columns, table)
+    for tag, meaning in SELECTED.items():
+        if any(tag in run["selected"] for run in runs):
+            markdown += f"\nTest of the {meaning} (`{tag}`):\n\n" + to_markdown(*summarize_runs(runs, tag))
     curves = summarize_curves(runs)
     if curves:
         epochs = curves[0]["epochs"]
-        markdown += (f"\nValidation curve, {CURVE_METRICS[0]} (or AVG) at epochs {', '.join(map(str, epochs))}:\n\n"
-                     + curves_to_markdown(curves))
+        markdown += (f"\nTest curve during fitting, {CURVE_METRICS[0]} (or AVG) at epochs {', '.join(map(str, epochs))}:"
+                     "\n\n" + curves_to_markdown(curves))
     with atomic_write(out / "report.md", "w") as f:
         f.write(markdown)
     with atomic_write(out / "report.csv", "w") as f:

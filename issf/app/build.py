@@ -18,7 +18,15 @@ log = logging.getLogger(__name__)
 
 
 def ensure_data(cfg: DictConfig) -> None:
-    """Generate the built-in synthetic dataset when the config asks for it and the file is missing."""
+    """Make a built-in dataset when the config asks for one: the synthetic generator's file when it
+    is missing, or the real-recording setting's W-TALC folder and its prepared file (through the
+    ``task=prepare`` converter) when missing or built with other settings."""
+    if cfg.data.get("recordings") is not None:
+        from issf.data.recordings import ensure_recordings
+
+        prepare = OmegaConf.to_container(cfg.data.prepare, resolve=True) if cfg.data.get("prepare") else None
+        ensure_recordings(OmegaConf.to_container(cfg.data.recordings, resolve=True), cfg.data.datamodule.path,
+                          prepare)
     if cfg.data.get("synthetic") is None:
         return
     from issf.data.synthetic import SyntheticConfig, ensure_dataset

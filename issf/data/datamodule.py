@@ -261,13 +261,19 @@ class FeatureDataModule(pl.LightningDataModule):
 
     @property
     def val_split(self) -> str:
-        """The split evaluated during fitting: the held-out validation videos if any, else the test
-        split (as the official code, which selects its best epoch on the test set)."""
+        """The split the best checkpoint is selected on: the validation videos held out from the
+        training split if any (``val_fraction > 0``), else the test split (as the official code,
+        which selects its best epoch on the test set)."""
         self.setup()
         return "val" if len(self.val_indices) else "test"
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_split, False, self.eval_batch_size)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The selection split; with held-out validation videos also the test split, evaluated for
+        its curve only (never for selection)."""
+        selection = self._loader(self.val_split, False, self.eval_batch_size)
+        if self.val_split == "test":
+            return selection
+        return [selection, self._loader("test", False, self.eval_batch_size)]
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False, self.eval_batch_size)

@@ -3,7 +3,7 @@ testing, and the same figures, detections and mAP summary on W&B when a ``WandbL
 (the figures also on TensorBoard with a ``TensorBoardLogger``).
 
 PNGs go to ``<trainer.default_root_dir>/<out_subdir>/<tag>_epoch<NNN>_<name>.png`` where ``tag``
-is ``val``, ``test`` or ``test_best_ckpt`` (a test of weights loaded from a checkpoint; ``NNN`` is
+is ``val``, ``test_curve``, ``test``, ``test_val_selected`` or ``test_best_on_test`` (tests of the best checkpoint; ``NNN`` is
 the 0-based epoch of the weights evaluated, as in the CSV log and the checkpoint names). Only the
 global-zero process plots and logs. A failing figure is reported as a warning and skipped.
 """

@@ -17,13 +17,26 @@ from issf.model.config import ISSFConfig
 from issf.model.network import ISSF
 from issf.utils.io import tagged_file
 
+# names of the test of the best checkpoint, by the split it was selected on
+SELECTED_ON_VALIDATION = "test_val_selected"
+SELECTED_ON_TEST = "test_best_on_test"
+
+
+def selected_checkpoint_tag(datamodule: Any) -> str:
+    """``test_val_selected`` when the best checkpoint is chosen on validation videos held out from
+    the training split, ``test_best_on_test`` when it is chosen on the test split itself (the
+    released code's reporting, B16: an optimistic figure, labelled as such everywhere)."""
+    return SELECTED_ON_VALIDATION if getattr(datamodule, "val_split", "test") == "val" else SELECTED_ON_TEST
+
 
 def evaluation_tag(trainer: pl.Trainer, split: str) -> str:
-    """Name of an evaluation in logs and files: ``val``, ``test`` (the weights in memory) or
-    ``test_best_ckpt`` (a test of a checkpoint given to ``trainer.test``)."""
+    """Name of an evaluation in logs and files: ``val`` (the selection split during fitting),
+    ``test_curve`` (the test split during fitting, when selection is on held-out validation videos),
+    ``test`` (the weights in memory) or the best checkpoint's test (a checkpoint given to
+    ``trainer.test``: :func:`selected_checkpoint_tag`)."""
     if split != "test":
         return split
-    return "test" if trainer.ckpt_path is None else "test_best_ckpt"
+    return "test" if trainer.ckpt_path is None else selected_checkpoint_tag(trainer.datamodule)
 
 
 class ISSFModule(pl.LightningModule):
@@ -54,7 +67,7 @@ class ISSFModule(pl.LightningModule):
         self.snippet_seconds = snippet_seconds
         self.evaluators = torch.nn.ModuleDict()
         self.cls_map = torch.nn.ModuleDict(
-            {s: ClassificationMAP() for s in ("val", "test")}
+            {s: ClassificationMAP() for s in ("val", "test_curve", "test")}
         )
         # the last evaluation of each split (detections of all ranks), read by the diagnostic plots
         self.evaluation_results: dict[str, EvaluationResult] = {}
@@ -73,7 +86,8 @@ class ISSFModule(pl.LightningModule):
         dm = self.trainer.datamodule
         if dm is None:
             return
-        splits = {"fit": {"val": dm.val_split}, "validate": {"val": dm.val_split}, "test": {"test": "test"}}
+        during_fit = {"val": dm.val_split, **({"test_curve": "test"} if dm.val_split == "val" else {})}
+        splits = {"fit": during_fit, "validate": during_fit, "test": {"test": "test"}}
         for split, data_split in splits.get(stage, {}).items():
             self.evaluators[split] = VideoEvaluator(dm.ground_truth(data_split), self.eval_cfg, dm.snippet_seconds)
 
@@ -164,15 +178,18 @@ class ISSFModule(pl.LightningModule):
         evaluator.reset()
         self.cls_map[split].reset()
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step("val", batch)
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("val" if dataloader_idx == 0 else "test_curve", batch)
 
     def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            self._eval_epoch_end("val")
-        else:
-            self.evaluators["val"].reset()
-            self.cls_map["val"].reset()
+        for split in ("val", "test_curve"):
+            if split not in self.evaluators:
+                continue
+            if not self.trainer.sanity_checking:
+                self._eval_epoch_end(split)
+            else:
+                self.evaluators[split].reset()
+                self.cls_map[split].reset()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step("test", batch)

@@ -26,7 +26,7 @@ def write_json(path: str | os.PathLike, payload: Any) -> Path:
 
 def tagged_file(folder: str | os.PathLike, name: str, tag: str) -> Path:
     """``folder/name`` for the last weights' test (``tag`` "test"), ``folder/<stem>_<tag><ext>``
-    otherwise: ``predictions.h5``, ``predictions_test_best_ckpt.h5``."""
+    otherwise: ``predictions.h5``, ``predictions_test_val_selected.h5``."""
     path = Path(folder) / name
     return path if tag == "test" else path.with_name(f"{path.stem}_{tag}{path.suffix}")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from issf.analysis.report import collect_runs, summarize_runs, write_report
+from issf.analysis.report import collect_runs, read_curve, summarize_runs, write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,7 +37,31 @@ def test_table_is_mean_and_sample_std_over_seeds(tmp_path):
     assert rows["+ablation=full"]["stats"]["mAP@0.5"] == pytest.approx((15.25, np.std([15, 15.5], ddof=1)))
     md = (tmp_path / "report.md").read_text()
     assert "| +ablation=base | 2 | 6.00 ± 1.41 | 12.00 ± 2.83 |" in md
+    assert "test_val_selected" not in md and "test_best_on_test" not in md
     assert (tmp_path / "report.csv").read_text().count("\n") == 3
+
+
+def test_selected_checkpoints_are_tabled_apart_and_named(tmp_path):
+    sweep = fake_sweep(tmp_path)
+    for job in sweep.iterdir():
+        metrics = json.loads((job / "metrics.json").read_text())
+        metrics["test_val_selected"] = {k: v + 1.0 for k, v in metrics["test"].items()}
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    report = write_report(sweep)
+    md = (sweep / "report.md").read_text()
+    assert "selected on validation" in md and "(`test_val_selected`)" in md and "test_best_on_test" not in md
+    tail = md.split("test_val_selected")[1]
+    assert "| +ablation=base | 2 | 7.00 ± 1.41 | 13.00 ± 2.83 |" in tail
+    assert report["rows"][0]["stats"]["AVG"][0] == pytest.approx(12.0)  # the main table stays the last weights'
+
+
+def test_curve_is_the_test_split_during_fitting(tmp_path):
+    csv_dir = tmp_path / "csv"
+    csv_dir.mkdir()
+    (csv_dir / "metrics.csv").write_text("epoch,val/AVG(0.1:0.7),test_curve/AVG(0.1:0.7)\n4,90.0,40.0\n9,95.0,42.0\n")
+    assert read_curve(csv_dir / "metrics.csv") == {5: 40.0, 10: 42.0}
+    (csv_dir / "metrics.csv").write_text("epoch,val/AVG(0.1:0.7)\n4,30.0\n9,35.0\n")  # no held-out videos: val is test
+    assert read_curve(csv_dir / "metrics.csv") == {5: 30.0, 10: 35.0}
 
 
 def test_missing_metrics_is_a_clear_error(tmp_path):

@@ -89,7 +89,7 @@ def test_offline_run_holds_metrics_images_and_tables(tmp_path, offline_env):
             "trainer/global_step", "epoch"} <= keys
     assert len([r for r in rows if "val/AVG" in r]) == 3
     # the last weights' test and the best checkpoint's test under distinct names, as in metrics.json
-    for tag in ("test", "test_best_ckpt"):
+    for tag in ("test", "test_best_on_test"):
         logged = [r[f"{tag}/AVG(0.1:0.7)"] for r in rows if f"{tag}/AVG(0.1:0.7)" in r]
         assert logged == pytest.approx([metrics[tag]["AVG(0.1:0.7)"]], abs=1e-4), tag
 
@@ -100,7 +100,7 @@ def test_offline_run_holds_metrics_images_and_tables(tmp_path, offline_env):
     assert len(videos) == 2
     for name in [*videos, "per_class_ap", "errors", "map_curves"]:
         assert f"plots/test/{name}/_type" in keys, name
-        assert f"plots/test_best_ckpt/{name}/_type" in keys, name
+        assert f"plots/test_best_on_test/{name}/_type" in keys, name
     images = run_dir / "files" / "media" / "images" / "plots"
     assert len(list((images / "val").glob("*.png"))) == 3 * 2
     assert len(list((images / "test").glob("*.png"))) == 2 + 3

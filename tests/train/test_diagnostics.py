@@ -148,7 +148,7 @@ def test_test_end_writes_timelines_and_summary_charts(tmp_path):
     cb.on_test_end(stub_trainer(tmp_path, 3, ckpt_path="best.ckpt"), StubModule())
     out = tmp_path / "figs"
     expected = {f"test_epoch002_{n}.png" for n in ("v1", "per_class_ap", "errors", "map_curves")}
-    expected |= {f"test_best_ckpt_epoch002_{n}.png" for n in ("v1", "per_class_ap", "errors")}
+    expected |= {f"test_best_on_test_epoch002_{n}.png" for n in ("v1", "per_class_ap", "errors")}
     assert {p.name for p in out.iterdir()} == expected
     assert all(is_png(out / f) for f in expected)
 
@@ -223,7 +223,7 @@ def test_smoke_run_writes_plots(tmp_path):
     assert len(videos) == 2, names
     expected = {f"val_epoch{e:03d}_{v}.png" for e in (0, 2) for v in videos}
     # epochs counted from 0 everywhere: the last weights are epoch 2's, the best checkpoint's its own
-    for tag, epoch in (("test", 2), ("test_best_ckpt", metrics["val_best"]["epoch"])):
+    for tag, epoch in (("test", 2), ("test_best_on_test", metrics["val_best"]["epoch"])):
         expected |= {f"{tag}_epoch{epoch:03d}_{n}.png" for n in [*videos, "per_class_ap", "errors", "map_curves"]}
     assert names == expected
     assert all(is_png(plots / n) for n in names)

@@ -20,12 +20,12 @@ def test_last_and_best_figures_have_distinct_names_in_csv_and_tensorboard(tmp_pa
     out = tmp_path / "out"
     tasks.task_train(cfg, out)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["test"] != metrics["test_best_ckpt"] or metrics["val_best"]["epoch"] == metrics["epochs"] - 1
+    assert metrics["test"] != metrics["test_best_on_test"] or metrics["val_best"]["epoch"] == metrics["epochs"] - 1
 
     rows = list(csv.DictReader(open(out / "csv" / "metrics.csv", newline="")))
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
-    for tag in ("test", "test_best_ckpt"):
+    for tag in ("test", "test_best_on_test"):
         key = f"{tag}/AVG(0.1:0.7)"
         logged = [float(r[key]) for r in rows if r.get(key)]
         assert logged == pytest.approx([metrics[tag]["AVG(0.1:0.7)"]], abs=1e-4), key
@@ -71,4 +71,4 @@ def test_ddp_cpu_logs_like_a_single_process(tmp_path, offline_env):
     assert len(runs) == 1, runs
     (log_file,) = runs[0].glob("run-*.wandb")
     keys = set().union(*history(log_file))
-    assert {"train/loss_total", "val/AVG", "test/AVG", "test_best_ckpt/AVG"} <= keys
+    assert {"train/loss_total", "val/AVG", "test/AVG", "test_best_on_test/AVG"} <= keys

@@ -74,10 +74,10 @@ def test_rescoring_stored_predictions_reproduces_the_run_and_honours_overrides(t
     # metrics.json is computed from predictions.h5; the module's own evaluator logged the same figures
     with open(out / "csv" / "metrics.csv") as f:
         history = list(csv.DictReader(f))
-    for tag in ("test", "test_best_ckpt"):
+    for tag in ("test", "test_best_on_test"):
         row = [r for r in history if r.get(f"{tag}/mAP@0.5")][-1]
         assert {k: float(row[f"{tag}/{k}"]) for k in logged[tag]} == pytest.approx(logged[tag], rel=1e-6, abs=1e-5), tag
-    for tag, name in (("test", "predictions.h5"), ("test_best_ckpt", "predictions_test_best_ckpt.h5")):
+    for tag, name in (("test", "predictions.h5"), ("test_best_on_test", "predictions_test_best_on_test.h5")):
         cfg = compose_cfg(tmp_path, "task=eval", f"predictions={out / name}")  # no experiment: the run's data
         again = tasks.task_eval(cfg, tmp_path / f"eval_{tag}")
         assert again["test"] == logged[tag], tag  # exactly
