@@ -31,6 +31,8 @@ def compose_cfg(tmp_path: Path, *overrides: str):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    import issf.app.main  # noqa: F401  (its resolvers and config schemas, as run.py has them)
+
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(

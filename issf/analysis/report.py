@@ -17,6 +17,9 @@ from issf.utils.io import atomic_write
 log = logging.getLogger(__name__)
 
 SEED_KEYS = ("seed",)
+# overrides that say how a job was run, not what it computes (a job finished with ckpt_path= stays
+# in its configuration's row)
+RUN_KEYS = ("ckpt_path", "resume_changes", "allow_other_features", "print_config")
 CURVE_METRICS = ("AVG(0.1:0.7)", "AVG")  # the first one a run logged is the curve's metric
 # the test split evaluated during fitting: logged as test_curve/* when the best checkpoint is
 # selected on held-out validation videos, else as val/* (the test split is then the selection split)
@@ -31,17 +34,39 @@ def _job_overrides(job_dir: Path) -> list[str]:
     return list(yaml.safe_load(path.read_text()) or []) if path.exists() else []
 
 
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def read_metrics(path: Path) -> dict[str, Any] | None:
+    """A job's metrics.json, or None with a warning naming the file when it is damaged (truncated by
+    a kill, not JSON): the job then counts as unfinished."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        log.warning(f"{path}: damaged metrics file ({type(err).__name__}: {err}); job skipped")
+        return None
+    if not isinstance(metrics, dict):
+        log.warning(f"{path}: damaged metrics file (not a JSON object); job skipped")
+        return None
+    return metrics
+
+
 def collect_runs(multirun_dir: str | os.PathLike, split: str = "test") -> list[dict[str, Any]]:
-    """One record per finished job: its configuration key (overrides without the seed), seed and metrics."""
+    """One record per finished job: its configuration key (overrides without the seed and without
+    the keys of a resume, ``RUN_KEYS``), seed and metrics. A damaged metrics.json is named in a
+    warning and skipped."""
     root = Path(multirun_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"multirun directory not found: {root}")
     runs = []
     for metrics_path in sorted(root.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
         overrides = _job_overrides(metrics_path.parent)
-        seed = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") in SEED_KEYS), None)
-        key = " ".join(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in SEED_KEYS) or "default"
-        metrics = json.loads(metrics_path.read_text())
+        seed = next((o.split("=", 1)[1] for o in overrides if _key(o) in SEED_KEYS), None)
+        key = " ".join(o for o in overrides if _key(o) not in SEED_KEYS + RUN_KEYS) or "default"
+        metrics = read_metrics(metrics_path)
+        if metrics is None:
+            continue
         if split not in metrics:
             raise KeyError(f"{metrics_path}: no '{split}' entry (keys: {sorted(metrics)})")
         runs.append({"config": key, "seed": seed, "job": metrics_path.parent.name, "metrics": metrics[split],
@@ -90,7 +115,7 @@ def summarize_curves(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ddof = 1 if len(curves) > 1 else 0
         best = int(mean_curve.argmax())
         rows.append({
-            "config": config, "n": len(curves), "epochs": epochs, "mean_curve": mean_curve.tolist(),
+            "config": config, "n": len(curves), "epochs": epochs, "mean_curve": mean_curve.tolist(),  # std 0 for n=1
             "last": (float(values[:, -1].mean()), float(values[:, -1].std(ddof=ddof))),
             "best": (float(values.max(1).mean()), float(values.max(1).std(ddof=ddof))),
             "curve_best_epoch": epochs[best], "curve_drop": float(mean_curve[best] - mean_curve[-1]),
@@ -104,8 +129,8 @@ def curves_to_markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         curve = " ".join(f"{v:.1f}" for v in r["mean_curve"])
         best = max(r["mean_curve"])
-        lines.append(f"| {r['config']} | {r['n']} | {r['last'][0]:.2f} ± {r['last'][1]:.2f} "
-                     f"| {r['best'][0]:.2f} ± {r['best'][1]:.2f} | {best:.2f} ({r['curve_best_epoch']}) "
+        lines.append(f"| {r['config']} | {r['n']} | {_mean_std(r['last'], r['n'])} "
+                     f"| {_mean_std(r['best'], r['n'])} | {best:.2f} ({r['curve_best_epoch']}) "
                      f"| {r['curve_drop']:.2f} | {curve} |")
     return "\n".join(lines) + "\n"
 
@@ -129,23 +154,66 @@ def summarize_runs(runs: list[dict[str, Any]], tag: str | None = None) -> tuple[
     return columns, table
 
 
+def _mean_std(stats: tuple[float, float], n: int) -> str:
+    """``mean ± std``; a single seed has no spread: ``mean ± –`` (never a made-up ``± 0.00``)."""
+    return f"{stats[0]:.2f} ± –" if n < 2 else f"{stats[0]:.2f} ± {stats[1]:.2f}"
+
+
 def to_markdown(columns: list[str], table: list[dict[str, Any]]) -> str:
     head = "| configuration | seeds | " + " | ".join(columns) + " |"
     rule = "|---|---:|" + "---:|" * len(columns)
     lines = [head, rule]
     for row in table:
-        cells = [f"{row['stats'][c][0]:.2f} ± {row['stats'][c][1]:.2f}" for c in columns]
+        cells = [_mean_std(row["stats"][c], row["n"]) for c in columns]
         lines.append(f"| {row['config']} | {row['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_report(multirun_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Write report.md and report.csv (default: into the multirun directory) and print the table."""
-    runs = collect_runs(multirun_dir)
+def missing_jobs(multirun_dir: str | os.PathLike, jobs: list[list[str]], command: str = "python run.py") -> list[str]:
+    """One line per job of the sweep (``jobs[i]``: job ``i``'s overrides, from multirun.yaml) that
+    has no readable metrics.json: whether it never started or stopped (and at which epoch), and the
+    exact command that runs or resumes it into its own directory."""
+    import shlex
+
+    root = Path(multirun_dir)
+    lines = []
+    for number, overrides in enumerate(jobs):
+        job = root / str(number)
+        metrics = job / "metrics.json"
+        if metrics.is_file() and read_metrics(metrics) is not None:
+            continue
+        args = " ".join(shlex.quote(o) for o in overrides if _key(o) not in RUN_KEYS)
+        last = job / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            state, extra = "unfinished (last.ckpt written)", f"ckpt_path={shlex.quote(str(last))}"
+        else:
+            state = "unfinished (no checkpoint)" if job.is_dir() else "never started"
+            extra = shlex.quote(f"hydra.run.dir={job}")
+        lines.append(f"job {number} ({args or 'default'}): {state}; run: {command} {args} {extra}".replace("  ", " "))
+    return lines
+
+
+def write_report(multirun_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None,
+                 jobs: list[list[str]] | None = None) -> dict[str, Any]:
+    """Write report.md and report.csv (default: into the multirun directory) and print the table.
+    ``jobs`` (each job's overrides, from the sweep's multirun.yaml): the jobs without metrics are
+    listed, with the command to run each, under the table and in the returned ``missing``."""
+    missing = missing_jobs(multirun_dir, jobs or [])
+    for line in missing:
+        log.warning(line)
+    try:
+        runs = collect_runs(multirun_dir)
+    except FileNotFoundError as err:
+        if missing:
+            raise FileNotFoundError(f"{err}\n" + "\n".join(missing)) from None
+        raise
     columns, table = summarize_runs(runs)
     out = Path(output_dir or multirun_dir)
     out.mkdir(parents=True, exist_ok=True)
     markdown = "Test of the last weights:\n\n" + to_markdown(columns, table)
+    if missing:
+        markdown = (f"**{len(missing)} of {len(jobs or [])} jobs have no results** (the table covers the others):\n\n"
+                    + "\n".join(f"* {line}" for line in missing) + "\n\n" + markdown)
     for tag, meaning in SELECTED.items():
         if any(tag in run["selected"] for run in runs):
             markdown += f"\nTest of the {meaning} (`{tag}`):\n\n" + to_markdown(*summarize_runs(runs, tag))
@@ -160,6 +228,8 @@ def write_report(multirun_dir: str | os.PathLike, output_dir: str | os.PathLike 
         writer = csv.writer(f)
         writer.writerow(["configuration", "seeds"] + [f"{c} {s}" for c in columns for s in ("mean", "std")])
         for row in table:
-            writer.writerow([row["config"], row["n"]] + [x for c in columns for x in row["stats"][c]])
+            writer.writerow([row["config"], row["n"]] + [x if row["n"] > 1 or i == 0 else "" for c in columns
+                                                          for i, x in enumerate(row["stats"][c])])
     log.info(markdown)
-    return {"markdown": markdown, "columns": columns, "rows": table, "runs": runs, "curves": curves}
+    return {"markdown": markdown, "columns": columns, "rows": table, "runs": runs, "curves": curves,
+            "missing": missing}

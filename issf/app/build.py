@@ -20,7 +20,10 @@ log = logging.getLogger(__name__)
 def ensure_data(cfg: DictConfig) -> None:
     """Make a built-in dataset when the config asks for one: the synthetic generator's file when it
     is missing, or the real-recording setting's W-TALC folder and its prepared file (through the
-    ``task=prepare`` converter) when missing or built with other settings."""
+    ``task=prepare`` converter) when missing or built with other settings. A synthetic file holding
+    other generator settings is left as it is: these settings get their own file
+    (``<name>-<settings hash>.h5``, :func:`issf.data.synthetic.dataset_path`) and
+    ``data.datamodule.path`` is set to it."""
     if cfg.data.get("recordings") is not None:
         from issf.data.recordings import ensure_recordings
 
@@ -29,24 +32,62 @@ def ensure_data(cfg: DictConfig) -> None:
                           prepare)
     if cfg.data.get("synthetic") is None:
         return
-    from issf.data.synthetic import SyntheticConfig, ensure_dataset
+    from issf.data.synthetic import SyntheticConfig, dataset_path, ensure_dataset
 
     synth = SyntheticConfig(**OmegaConf.to_container(cfg.data.synthetic, resolve=True))
-    path = Path(cfg.data.datamodule.path)
+    configured = Path(cfg.data.datamodule.path)
+    path = dataset_path(synth, configured)
+    if path != configured:  # the configured file holds other generator settings: never rewritten in place
+        log.info(f"{configured} holds other data.synthetic settings; these settings use {path}")
+        cfg.data.datamodule.path = str(path)
     if not path.exists():
         log.info(f"generating the built-in dataset {path} ({synth.num_train} training / {synth.num_test} test videos)")
     ensure_dataset(synth, path)
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Check the network and evaluation settings by type and value before any work is done (a
-    mistyped option fails at once, naming the key, not after the dataset is generated)."""
+    """Check the network, evaluation, data-loading, trainer and optimizer settings by type and value
+    before any work is done (a mistyped or nonsense option fails at once, naming the key and the
+    allowed range, not after the dataset is generated or the training ran)."""
+    from issf.data.datamodule import check_datamodule_settings
     from issf.eval.evaluator import EvaluationConfig
     from issf.model.config import ISSFConfig
 
+    _check_trainer(cfg)
     ISSFConfig(**OmegaConf.to_container(cfg.model.network, resolve=True))
     evaluation = EvaluationConfig(**OmegaConf.to_container(cfg.data.evaluation, resolve=True))
     evaluation.localization_config()
+    check_datamodule_settings(**OmegaConf.to_container(cfg.data.datamodule, resolve=True))
+    _check_optimizer(OmegaConf.to_container(cfg.model.optimizer, resolve=True) if cfg.model.get("optimizer") else {})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    trainer = cfg.get("trainer") or {}
+    max_epochs = trainer.get("max_epochs")
+    if cfg.get("task") == "train" and not (_is_int(max_epochs) and max_epochs >= 1):
+        raise ValueError(f"trainer.max_epochs: must be an integer >= 1 for task=train, got {max_epochs!r}")
+    every = trainer.get("check_val_every_n_epoch")
+    if every is not None and not (_is_int(every) and every >= 1):
+        raise ValueError(f"trainer.check_val_every_n_epoch: must be null or an integer >= 1, got {every!r}")
+
+
+def _check_optimizer(optimizer: dict[str, Any]) -> None:
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    lr = optimizer.get("lr", 5e-5)
+    if not (number(lr) and lr > 0):
+        raise ValueError(f"model.optimizer.lr: must be a number > 0, got {lr!r}")
+    decay = optimizer.get("weight_decay", 0.0)
+    if not (number(decay) and decay >= 0):
+        raise ValueError(f"model.optimizer.weight_decay: must be a number >= 0, got {decay!r}")
+    betas = optimizer.get("betas", (0.9, 0.999))
+    if len(betas) != 2 or not all(number(b) and 0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"model.optimizer.betas: must be two numbers in [0, 1), got {list(betas)!r}")
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
@@ -59,6 +100,7 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> ISSFMod
         cfg.model, num_classes=len(datamodule.class_names), input_dim=datamodule.feature_dim,
         class_names=list(datamodule.class_names), snippet_seconds=datamodule.snippet_seconds,
         run_config=plain_config(cfg),  # saved with the hyper-parameters: loggers show the whole run config
+        feature_checksum=datamodule.file.checksum,  # which feature file: checked by task=eval and resumes
     )
 
 

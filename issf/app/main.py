@@ -3,10 +3,12 @@ task of ``issf.app.tasks`` in its run directory."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
@@ -16,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from issf.app.console import print_config_tree, quiet_third_party
 from issf.app.ddp import launching_process, patch_ddp_launcher
 from issf.app.overrides import wandb_identity
-from issf.app.run_dir import resume_directory, run_directory_lock
+from issf.app.run_dir import claim_directory, resume_directory, run_directory_lock
+from issf.app.schema import register_schemas
 from issf.app.tasks import TASKS, exit_on_sigterm, finish_wandb
 from issf.utils.io import atomic_write
 
@@ -33,6 +36,20 @@ def known_task(task: str) -> str:
 
 OmegaConf.register_new_resolver("resume_directory", resume_directory, replace=True)
 OmegaConf.register_new_resolver("known_task", known_task, replace=True)
+OmegaConf.register_new_resolver("unique_directory", claim_directory, replace=True, use_cache=True)
+register_schemas()
+
+
+# set once main() starts writing into the run directory (its checks passed, the lock is held); until
+# then cli() puts back what Hydra wrote into an existing run directory when the run fails
+_WRITING = False
+
+
+def provenance_checks(cfg: DictConfig) -> None:
+    """:func:`issf.app.tasks.preflight` (what a task checks before it needs the data)."""
+    from issf.app.tasks import preflight
+
+    preflight(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
@@ -53,7 +70,10 @@ def main(cfg: DictConfig) -> float | None:
         cfg.logger.wandb.tags = tags
         if hc.mode == RunMode.MULTIRUN:
             cfg.logger.wandb.group = cfg.logger.wandb.group or Path(hc.sweep.dir).name  # one W&B group per sweep
+    global _WRITING
+    provenance_checks(cfg)  # nonsense values, an unusable or changed-config resume: before anything is written
     with run_directory_lock(output_dir):
+        _WRITING = True
         with atomic_write(output_dir / "config_resolved.yaml", "w") as f:
             f.write(OmegaConf.to_yaml(cfg, resolve=True))
         if cfg.task in ("train", "eval") and cfg.get("print_config", True) and launching_process():
@@ -92,4 +112,67 @@ def cli(argv: list[str] | None = None) -> None:
             for task in arg.split("=", 1)[1].split(","):
                 if task not in TASKS:
                     sys.exit(f"run.py: unknown task={task!r}; choose one of {', '.join(sorted(TASKS))}")
-    main()
+    with restore_on_early_failure(existing_run_directory(argv)):
+        main()
+
+
+def existing_run_directory(argv: list[str]) -> Path | None:
+    """The existing directory a single (not ``-m``) run will write into: ``hydra.run.dir=`` or the
+    run of a resumed ``ckpt_path=<run>/checkpoints/*.ckpt`` (``resume_directory``); else None."""
+    if any(a in ("-m", "--multirun") for a in argv):
+        return None
+    values = dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
+    if "hydra.run.dir" in values:
+        folder = Path(values["hydra.run.dir"])
+    elif values.get("task", "train") == "train" and values.get("ckpt_path") and \
+            resume_directory("train", values["ckpt_path"], ""):
+        folder = Path(resume_directory("train", values["ckpt_path"], ""))
+    else:
+        return None
+    return folder if folder.is_dir() else None
+
+
+@contextlib.contextmanager
+def restore_on_early_failure(folder: Path | None) -> Iterator[None]:
+    """Hydra rewrites ``<run>/.hydra/*.yaml`` and appends to ``run.log`` before :func:`main` runs.
+    When the run then stops before main starts writing (a failed check, a busy directory), put
+    back what was there: a refused resume leaves a finished run's provenance as it was."""
+    global _WRITING
+    _WRITING = False
+    if folder is None:
+        yield
+        return
+    hydra_dir = folder / ".hydra"
+    saved = {p: p.read_bytes() for p in hydra_dir.glob("*.yaml")} if hydra_dir.is_dir() else {}
+    had_hydra_dir = hydra_dir.is_dir()
+    log_file = folder / "run.log"
+    log_size = log_file.stat().st_size if log_file.is_file() else None
+    try:
+        yield
+    except BaseException as err:
+        failed = not isinstance(err, SystemExit) or err.code not in (0, None)
+        if failed and not _WRITING:
+            _restore(hydra_dir, had_hydra_dir, saved, log_file, log_size)
+        raise
+
+
+def _restore(hydra_dir: Path, had_hydra_dir: bool, saved: dict[Path, bytes], log_file: Path,
+             log_size: int | None) -> None:
+    try:
+        if hydra_dir.is_dir():
+            for p in hydra_dir.glob("*.yaml"):
+                if p not in saved:
+                    p.unlink()
+            if not had_hydra_dir and not any(hydra_dir.iterdir()):
+                hydra_dir.rmdir()
+        for p, content in saved.items():
+            if not p.is_file() or p.read_bytes() != content:
+                with atomic_write(p, "wb") as f:
+                    f.write(content)
+        if log_file.is_file():
+            if log_size is None:
+                log_file.unlink()
+            elif log_file.stat().st_size > log_size:
+                os.truncate(log_file, log_size)
+    except OSError as err:  # a read-only directory: Hydra could not have written either
+        log.debug(f"could not restore {hydra_dir.parent}: {err}")

@@ -4,6 +4,7 @@ what follows from them (the data a checkpoint is evaluated on, evaluation overri
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -114,3 +115,24 @@ def evaluation_overrides(cfg: DictConfig, overrides: list[str] | None = None) ->
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
     values = {k[len(prefix):]: OmegaConf.select(cfg, k) for k in keys if k.startswith(prefix)}
     return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in values.items()}
+
+
+def sweep_jobs(sweep_dir: str | Path) -> list[list[str]]:
+    """Each job's overrides of the sweep in ``sweep_dir``, in job-number order, expanded from its
+    multirun.yaml as Hydra's basic sweeper does (``hydra.sweeper.params``, then the command line);
+    empty when there is no multirun.yaml or it cannot be expanded."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return []
+    try:
+        saved = OmegaConf.load(path)
+        params = saved.hydra.sweeper.get("params") or {}
+        arguments = [f"{k}={v}" for k, v in params.items()] + list(saved.hydra.overrides.task)
+        parsed = OverridesParser.create().parse_overrides(arguments)
+        return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    except Exception as err:  # a damaged or foreign multirun.yaml: the report still tables what exists
+        log.warning(f"{path}: cannot list the sweep's jobs ({type(err).__name__}: {err})")
+        return []

@@ -14,10 +14,33 @@ from issf.app.run_lock import RunDirectoryLock
 
 def resume_directory(task: str, ckpt_path: str | None, default: str) -> str:
     """Hydra resolver for ``hydra.run.dir``: training resumed from ``<run>/checkpoints/*.ckpt``
-    continues in ``<run>`` (its logs, best checkpoint and history), any other run gets ``default``."""
+    continues in ``<run>`` (its logs, best checkpoint and history), any other run gets a new
+    directory named ``default`` (:func:`claim_directory`). An empty ``default`` only names the
+    resumed run's directory (nothing is created)."""
     if task == "train" and ckpt_path and Path(ckpt_path).parent.name == "checkpoints":
         return str(Path(ckpt_path).resolve().parent.parent)
-    return default
+    return claim_directory(default) if default else default
+
+
+_CLAIMED: dict[str, str] = {}
+
+
+def claim_directory(path: str) -> str:
+    """Hydra resolver ``unique_directory``: create ``path`` and return it, or, when it exists (a run
+    started in the same second), ``path_2``, ``path_3``, ...: ``mkdir`` is atomic, so two processes
+    never share a directory. The same ``path`` gives the same directory again within a process."""
+    if path not in _CLAIMED:
+        base = candidate = Path(path)
+        number = 1
+        while True:
+            try:
+                candidate.mkdir(parents=True)
+                break
+            except FileExistsError:
+                number += 1
+                candidate = base.with_name(f"{base.name}_{number}")
+        _CLAIMED[path] = str(candidate)
+    return _CLAIMED[path]
 
 
 def run_directory_lock(output_dir: Path) -> AbstractContextManager[object]:

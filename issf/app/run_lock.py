@@ -45,7 +45,7 @@ class RunDirectoryLock:
             f.close()
             raise RunDirectoryBusy(
                 f"run directory {self.folder} is in use by {holder}; wait for it to finish, stop it, or "
-                f"run into another directory"
+                f"run into another directory: hydra.run.dir=<new directory>"
             ) from None
         f.seek(0)
         f.truncate()

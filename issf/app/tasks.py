@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from issf.app.build import build_datamodule, build_module, build_trainer, ensure_data, validate_config
 from issf.app.ddp import teardown_ddp_children
-from issf.app.overrides import command_overrides, evaluation_overrides, use_checkpoint_data
+from issf.app.overrides import command_overrides, evaluation_overrides, sweep_jobs, use_checkpoint_data
 from issf.app.run_dir import carry_history
 from issf.train.runtime import configure_cpu
 
@@ -28,27 +28,45 @@ def exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(SIGTERM_EXIT_CODE)
 
 
+def preflight(cfg: DictConfig) -> dict[str, Any]:
+    """The checks of ``task=train`` / ``task=eval`` that need no data: every value in range
+    (:func:`validate_config`) and, for a resume, a usable checkpoint trained with the same settings
+    (:mod:`issf.app.resume`). :func:`issf.app.main.main` runs them before it writes anything into
+    the run directory. Returns what metrics.json records about the resume."""
+    if cfg.get("task") not in ("train", "eval"):
+        return {}
+    validate_config(cfg)
+    if cfg.task == "train" and cfg.get("ckpt_path"):
+        from issf.app.resume import resume_provenance
+
+        return resume_provenance(cfg)
+    return {}
+
+
 def task_train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from issf.train.checkpoints import check_checkpoint_fits, read_checkpoint
+    from issf.train.checkpoints import check_checkpoint_fits, check_feature_identity, read_checkpoint
     from issf.train.pipeline import fit_and_test
 
-    validate_config(cfg)
+    provenance = preflight(cfg)
     configure_cpu()
     pl.seed_everything(cfg.seed, workers=True)
     ensure_data(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     if cfg.get("ckpt_path"):
-        check_checkpoint_fits(read_checkpoint(cfg.ckpt_path), cfg.ckpt_path, module.hparams.num_classes,
-                              module.hparams.input_dim)
+        checkpoint = read_checkpoint(cfg.ckpt_path)
+        check_checkpoint_fits(checkpoint, cfg.ckpt_path, module.hparams.num_classes, module.hparams.input_dim)
+        provenance.update(check_feature_identity(
+            checkpoint["hyper_parameters"].get("feature_checksum"), cfg.ckpt_path, datamodule.file.checksum,
+            datamodule.file.path, bool(cfg.get("allow_other_features", False))))
         carry_history(Path(cfg.ckpt_path), output_dir)
     trainer = build_trainer(cfg)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Lightning's handler alone: it stops at the next step
     try:
         return fit_and_test(trainer, module, datamodule, output_dir, ckpt_path=cfg.get("ckpt_path"),
-                            test=cfg.test_after_fit)
+                            test=cfg.test_after_fit, provenance=provenance)
     except SIGTERMException:  # Lightning stops at the next step; last.ckpt holds the last whole epoch
         resume = output_dir / "checkpoints" / "last.ckpt"
         log.error(f"stopped by SIGTERM; resume with: python run.py {' '.join(command_overrides())} "
@@ -67,8 +85,9 @@ def task_eval(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         use_checkpoint_data(cfg)
     ensure_data(cfg)
     datamodule = build_datamodule(cfg)
+    allow = bool(cfg.get("allow_other_features", False))
     if cfg.get("predictions"):
-        return evaluate_predictions(cfg.predictions, datamodule, output_dir, evaluation_overrides(cfg))
+        return evaluate_predictions(cfg.predictions, datamodule, output_dir, evaluation_overrides(cfg), allow)
     if cfg.get("detections"):
         return evaluate_detections_file(cfg.detections, datamodule, dict(OmegaConf.to_container(
             cfg.data.evaluation, resolve=True)), output_dir)
@@ -77,7 +96,7 @@ def task_eval(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                          "detections=<results.json>")
     configure_cpu()
     trainer = build_trainer(cfg)
-    return evaluate_checkpoint(cfg.ckpt_path, trainer, datamodule, output_dir, evaluation_overrides(cfg))
+    return evaluate_checkpoint(cfg.ckpt_path, trainer, datamodule, output_dir, evaluation_overrides(cfg), allow)
 
 
 def task_synthesize(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
@@ -108,7 +127,7 @@ def task_report(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
     if not cfg.get("dir"):
         raise ValueError("task=report needs dir=<multirun directory>")
-    report = write_report(cfg.dir)
+    report = write_report(cfg.dir, jobs=sweep_jobs(cfg.dir))
     log.info(f"wrote {Path(cfg.dir) / 'report.md'} and {Path(cfg.dir) / 'report.csv'}")
     if cfg.get("logger") and cfg.logger.get("wandb"):
         log_report_to_wandb(report, cfg, Path(cfg.dir))

@@ -156,6 +156,27 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         return len(self._shard(self._batches()))
 
 
+def check_datamodule_settings(
+    batch_size: int, eval_batch_size: int, val_fraction: float, train_sample_length: int | None,
+    test_sample_length: int | None, num_workers: int = 0, **_: object,
+) -> None:
+    """Raise ``ValueError`` naming the ``data.datamodule.*`` key and its range for a value that
+    cannot give training batches (checked before any data is generated; the settings that depend on
+    the file, subsets and the split's size, are checked by :meth:`FeatureDataModule.setup`)."""
+    key = "data.datamodule."
+    for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}{name}: must be an integer >= 1, got {value!r}")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"{key}val_fraction: must be in [0, 1) (and leave at least one training video), "
+                         f"got {val_fraction!r}")
+    for name, value in (("train_sample_length", train_sample_length), ("test_sample_length", test_sample_length)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key}{name}: must be null (full-length videos) or an integer >= 1, got {value!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"{key}num_workers: must be an integer >= 0, got {num_workers!r}")
+
+
 class FeatureDataModule(pl.LightningDataModule):
     """Train/test loaders over one feature file; optional validation split carved from train."""
 
@@ -175,6 +196,8 @@ class FeatureDataModule(pl.LightningDataModule):
         prepare_hint: str | None = None,
     ):
         super().__init__()
+        check_datamodule_settings(batch_size, eval_batch_size, val_fraction, train_sample_length,
+                                  test_sample_length, num_workers)
         self.path = path
         self.train_subsets = list(train_subsets)
         self.test_subsets = list(test_subsets)
@@ -197,6 +220,7 @@ class FeatureDataModule(pl.LightningDataModule):
         except FileNotFoundError as err:
             hint = f"\nCreate it with:\n  {self.prepare_hint}" if self.prepare_hint else ""
             raise FileNotFoundError(f"{err}{hint}") from None
+        self._check_subsets()
         train = self.file.indices(self.train_subsets)
         if len(train) == 0:
             raise ValueError(f"{self.path}: no videos in subsets {self.train_subsets}")
@@ -205,9 +229,24 @@ class FeatureDataModule(pl.LightningDataModule):
             rng = np.random.default_rng([self.seed, 11])
             chosen = np.zeros(len(train), dtype=bool)
             chosen[rng.permutation(len(train))[: max(1, round(self.val_fraction * len(train)))]] = True
+            if chosen.all():
+                raise ValueError(
+                    f"data.datamodule.val_fraction: {self.val_fraction} holds out all {len(train)} training videos of "
+                    f"{self.path} (subsets {self.train_subsets}); it must leave at least one: use a value below "
+                    f"{(len(train) - 0.5) / len(train):.3g}")
             self.val_indices, train = train[chosen], train[~chosen]
         self.train_indices = train
         self.test_indices = self.file.indices(self.test_subsets)
+
+    def _check_subsets(self) -> None:
+        """Every configured subset must be in the file (a mistyped ``test_subsets`` stops here, before
+        fitting, instead of after the whole training)."""
+        present = sorted(set(self.file.subsets.tolist()))
+        for name, subsets in (("train_subsets", self.train_subsets), ("test_subsets", self.test_subsets)):
+            missing = [s for s in subsets if s not in present]
+            if missing or not subsets:
+                raise ValueError(f"data.datamodule.{name}: {missing or subsets} not in {self.path}; "
+                                 f"its subsets are {present}")
 
     # ----------------------------------------------------------------- metadata
     @property
@@ -249,7 +288,11 @@ class FeatureDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size)
+        loader = self._loader("train", True, self.batch_size)
+        if len(loader.batch_sampler) == 0:
+            raise ValueError(f"{self.path}: no training batch (subsets {self.train_subsets}, "
+                             f"val_fraction {self.val_fraction}, batch_size {self.batch_size})")
+        return loader
 
     def memory_init_dataloader(self) -> DataLoader:
         """Training videos in a fixed order, unsampled beyond the test rule (memory initialisation)."""

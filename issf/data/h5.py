@@ -286,9 +286,33 @@ class FeatureFile:
 
     def _file(self) -> h5py.File:
         if self._handle is None or self._pid != os.getpid():
-            self._handle = h5py.File(self.path, "r")
+            handle = h5py.File(self.path, "r")
+            try:
+                self._check_checksum(str(handle.attrs.get("checksum", "")))
+            except FeatureFileError:
+                handle.close()
+                raise
+            self._handle = handle
             self._pid = os.getpid()
         return self._handle
+
+    def check_unchanged(self) -> None:
+        """Raise :class:`FeatureFileError` naming both checksums when the path now holds another
+        file than the one this object indexed (a regenerated dataset, ``task=prepare ...
+        overwrite=true`` during a training)."""
+        try:
+            with h5py.File(self.path, "r") as f:
+                found = str(f.attrs.get("checksum", ""))
+        except OSError as err:
+            raise FeatureFileError(f"feature file {self.path}: cannot be opened any more ({_first_line(err)})") from err
+        self._check_checksum(found)
+
+    def _check_checksum(self, found: str) -> None:
+        if found != self.checksum:  # never read another file's features through this index
+            raise FeatureFileError(
+                f"feature file {self.path}: replaced while in use: it now has checksum {found or 'none'}, but it "
+                f"had {self.checksum} when it was opened (a regenerated dataset or a prepare with overwrite=true); "
+                f"its features cannot be read through the old index: run again")
 
     def close(self) -> None:
         if self._handle is not None and self._pid == os.getpid():

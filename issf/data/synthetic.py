@@ -22,6 +22,7 @@ every annotation.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -456,10 +457,27 @@ def stored_config(path: str | Path) -> tuple[dict[str, Any] | None, int | None]:
         return None, None
 
 
-def ensure_dataset(cfg: SyntheticConfig, out_path: str | Path) -> Path:
-    """Generate ``out_path`` unless it already holds the dataset of exactly this config and
-    generator version."""
+def settings_hash(cfg: SyntheticConfig) -> str:
+    """8 hex digits identifying the generator settings and version (part of a dataset's file name)."""
+    text = json.dumps([cfg.to_json(), GENERATOR_VERSION], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def dataset_path(cfg: SyntheticConfig, out_path: str | Path) -> Path:
+    """Where the dataset of ``cfg`` lives: ``out_path`` unless that file holds other settings (or
+    another generator version), then ``<stem>-<settings hash><suffix>`` beside it. A file is never
+    regenerated in place with other settings, so a training or evaluation reading it keeps its
+    features; each setting gets its own file."""
     out_path = Path(out_path)
-    if out_path.exists() and stored_config(out_path) == (cfg.to_json(), GENERATOR_VERSION):
+    if not out_path.exists() or stored_config(out_path) == (cfg.to_json(), GENERATOR_VERSION):
         return out_path
-    return generate(cfg, out_path, overwrite=True)
+    return out_path.with_name(f"{out_path.stem}-{settings_hash(cfg)}{out_path.suffix}")
+
+
+def ensure_dataset(cfg: SyntheticConfig, out_path: str | Path) -> Path:
+    """The path of the dataset of exactly this config and generator version (:func:`dataset_path`),
+    generated when missing; returns it."""
+    path = dataset_path(cfg, out_path)
+    if path.exists() and stored_config(path) == (cfg.to_json(), GENERATOR_VERSION):
+        return path
+    return generate(cfg, path, overwrite=True)

@@ -36,6 +36,30 @@ class EvaluationConfig:
         check_field_types(self, "data.evaluation.")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"data.evaluation.protocol: expected one of {PROTOCOLS}, got {self.protocol!r}")
+        thresholds = [float(t) for t in self.tiou_thresholds]
+        if not thresholds or not all(0.0 < t <= 1.0 for t in thresholds):
+            raise ValueError(f"data.evaluation.tiou_thresholds: must be a non-empty list of values in (0, 1], "
+                             f"got {list(self.tiou_thresholds)}")
+        self.average_ranges = self._existing_ranges(thresholds)
+
+    def _existing_ranges(self, thresholds: list[float]) -> dict[str, Any]:
+        """The ``average_ranges`` whose both ends are configured tIoU thresholds. Any other entry is
+        dropped with a warning: its column (``AVG(0.1:0.7)`` with ``tiou_thresholds=[0.5]``) would
+        claim an average over thresholds that were not evaluated."""
+        kept = {}
+        for name, bounds in dict(self.average_ranges).items():
+            try:
+                lo, hi = (float(b) for b in bounds)
+            except (TypeError, ValueError):
+                raise ValueError(f"data.evaluation.average_ranges.{name}: expected [low, high], got {bounds!r}") from None
+            if lo > hi:
+                raise ValueError(f"data.evaluation.average_ranges.{name}: low {lo:g} > high {hi:g}")
+            if all(any(abs(b - t) < 1e-9 for t in thresholds) for b in (lo, hi)):
+                kept[name] = bounds
+            else:
+                warnings.warn(f"data.evaluation.average_ranges.{name} [{lo:g}, {hi:g}] dropped: its ends are not both "
+                              f"among data.evaluation.tiou_thresholds {thresholds}", UserWarning, stacklevel=4)
+        return kept
 
     def localization_config(self) -> LocalizationConfig:
         return LocalizationConfig(**self.localization)

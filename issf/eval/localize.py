@@ -95,6 +95,15 @@ class LocalizationConfig:
             raise ValueError(f"LocalizationConfig.max_detections must be >= 0, got {self.max_detections}")
         if self.soft_nms_sigma <= 0:
             raise ValueError(f"LocalizationConfig.soft_nms_sigma must be > 0, got {self.soft_nms_sigma}")
+        key = "data.evaluation.localization."
+        if not 0.0 < self.nms_threshold <= 1.0:
+            raise ValueError(f"{key}nms_threshold: must be in (0, 1], got {self.nms_threshold}")
+        if self.min_length < 1:
+            raise ValueError(f"{key}min_length: must be an integer >= 1 (snippets), got {self.min_length}")
+        if not self.outer_ratio >= 0:
+            raise ValueError(f"{key}outer_ratio: must be >= 0, got {self.outer_ratio}")
+        if not 0.0 <= self.class_threshold <= 1.0:
+            raise ValueError(f"{key}class_threshold: must be in [0, 1], got {self.class_threshold}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ class Predictions:
     evaluation: dict[str, Any]
     split: str = "test"
     data: dict[str, Any] | None = None  # the run's data config (which feature file), when known
+    feature_checksum: str | None = None  # checksum of the feature file the outputs came from, when known
 
     def video_cas(self, v: int) -> np.ndarray:
         return self.cas[self.offsets[v] : self.offsets[v + 1]]
@@ -71,6 +72,7 @@ def collect(index: torch.Tensor, video_scores: torch.Tensor, cas: torch.Tensor, 
 def write_predictions(
     path: str | os.PathLike, rows: Sequence[tuple[int, np.ndarray, np.ndarray, float]], ground_truth: GroundTruth,
     snippet_seconds: float, evaluation: dict[str, Any], split: str = "test", data: dict[str, Any] | None = None,
+    feature_checksum: str | None = None,
 ) -> Path:
     """Write the rows of :func:`collect` (any order; sorted by video) atomically to ``path``."""
     rows = sorted(rows, key=lambda r: r[0])
@@ -91,6 +93,8 @@ def write_predictions(
         h5.attrs.update(schema_version=SCHEMA_VERSION, split=split, classes=json.dumps(ground_truth.class_names),
                         snippet_seconds=float(snippet_seconds), evaluation=json.dumps(evaluation),
                         data=json.dumps(data))
+        if feature_checksum:
+            h5.attrs["feature_checksum"] = feature_checksum
     return path
 
 
@@ -111,6 +115,7 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
                 scale=h5["video/scale"][()], class_names=json.loads(h5.attrs["classes"]),
                 snippet_seconds=float(h5.attrs["snippet_seconds"]), evaluation=json.loads(h5.attrs["evaluation"]),
                 split=str(h5.attrs["split"]), data=json.loads(h5.attrs.get("data", "null")),
+                feature_checksum=str(h5.attrs["feature_checksum"]) if "feature_checksum" in h5.attrs else None,
             )
     except (OSError, KeyError) as err:
         raise PredictionsError(f"predictions file {path}: not a predictions file or damaged ({err})") from err

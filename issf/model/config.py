@@ -29,12 +29,13 @@ class CompatConfig:
 
 
 @dataclass
-class ISSFConfig:
-    """Hyper-parameters and switches of the ISSF network and its losses."""
+class NetworkSettings:
+    """Hyper-parameters and switches of the ISSF network and its losses: the ``model.network``
+    config. These defaults are the only ones: the application registers this class as the schema
+    of ``model.network`` (types checked by Hydra), and the YAML files set only what a recipe
+    chooses differently."""
 
-    input_dim: int = 2048
     embed_dim: int = 2048
-    num_classes: int = 20
     dropout: float = 0.6
     scale: float = 20.0  # cosine-classifier scale sigma
     # module switches (all off = the base branch alone, docs/method.md "Base branch alone")
@@ -74,8 +75,7 @@ class ISSFConfig:
         if isinstance(self.compat, dict):
             self.compat = CompatConfig(**self.compat)
         check_field_types(self, "model.network.")
-        if not 0.0 < self.saliency_ratio <= 1.0:
-            raise ValueError(f"model.network.saliency_ratio: must be in (0, 1], got {self.saliency_ratio}")
+        self._check_ranges()
         if self.memory_read not in MEMORY_READS:
             raise ValueError(f"model.network.memory_read: expected one of {MEMORY_READS}, got {self.memory_read!r}")
         if self.compat.memory_class0:
@@ -92,7 +92,48 @@ class ISSFConfig:
         if self.memory and not self.saliency:
             raise ValueError("model.network.memory=true needs saliency=true (the memory stores salient snippet-features)")
 
+    def _check_ranges(self) -> None:
+        """Values outside a field's range are errors naming the key and the range (before any work:
+        ``embed_dim=0`` or ``tau=0`` used to fail far from the cause, ``dropout=1.0`` or ``lamb<0``
+        trained silently). ``saliency_ratio`` only needs to be > 0 here: whether it selects at least
+        one snippet depends on the video lengths, which the training module checks at fit start."""
+        def bad(name: str, allowed: str) -> ValueError:
+            return ValueError(f"model.network.{name}: must be {allowed}, got {getattr(self, name)}")
+
+        for name in ("input_dim", "embed_dim", "num_classes", "reduce", "memory_slots"):
+            if getattr(self, name, 1) < 1:  # input_dim, num_classes: ISSFConfig only
+                raise bad(name, "an integer >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise bad("dropout", "in [0, 1)")
+        if not 0.0 < self.saliency_ratio <= 1.0:
+            raise bad("saliency_ratio", "in (0, 1]")
+        for name in ("scale", "tau", "att_ratio"):
+            if not getattr(self, name) > 0:
+                raise bad(name, "> 0")
+        for name in ("lamb", "pl_memory_mix", "fusion_base"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise bad(name, "in [0, 1]")
+        for name in ("w_bg", "w_att", "w_pl", "w_pl_memory", "w_memory"):
+            if not getattr(self, name) >= 0:
+                raise bad(name, ">= 0")
+        if self.channel_interaction and self.embed_dim // self.reduce < 1:
+            raise ValueError(f"model.network.reduce: must be <= embed_dim ({self.embed_dim}) with channel_interaction "
+                             f"(the channel MLP has embed_dim // reduce units), got {self.reduce}")
+        if self.schedule_epochs < 1:
+            raise bad("schedule_epochs", "an integer >= 1 (it follows trainer.max_epochs)")
+        if self.memory_init_epoch < 0 or self.memory_ema_epoch < 0:
+            raise ValueError(f"model.network.memory_init_epoch / memory_ema_epoch: must be >= 0, got "
+                             f"{self.memory_init_epoch} / {self.memory_ema_epoch}")
+
     @property
     def memory_start_epoch(self) -> int:
         """First epoch whose training steps read the memory."""
         return self.memory_init_epoch + 1
+
+
+@dataclass
+class ISSFConfig(NetworkSettings):
+    """:class:`NetworkSettings` plus the dimensions the data decide (feature dim, class count)."""
+
+    input_dim: int = 2048
+    num_classes: int = 20

@@ -84,6 +84,23 @@ def check_checkpoint_fits(checkpoint: dict[str, Any], path: str | os.PathLike, n
             )
 
 
+def check_feature_identity(
+    trained: str | None, source: str | os.PathLike, checksum: str, path: str | os.PathLike, allow: bool = False,
+) -> dict[str, Any]:
+    """Compare the checksum of the feature file ``source`` (a checkpoint or predictions file) came
+    from with the one of the file ``path`` it is now used with: raise :class:`CheckpointError`
+    naming both when they differ, unless ``allow`` (``allow_other_features=true``). Returns what
+    metrics.json records about it (empty when they agree or ``source`` predates the record)."""
+    if not trained or trained == checksum:
+        return {}
+    if not allow:
+        raise CheckpointError(
+            f"{source} came from the feature file with checksum {trained}, but {path} has checksum {checksum}: "
+            f"other features (regenerated with other data.synthetic settings, or prepared again). Use the data "
+            f"it was trained on, or allow_other_features=true to use these anyway (recorded in metrics.json)")
+    return {"trained_feature_checksum": trained, "allow_other_features": True}
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning ``CheckpointIO``: write to a temporary file beside the target, fsync, rename; read
     with :func:`read_checkpoint`."""

@@ -56,6 +56,7 @@ class ISSFModule(pl.LightningModule):
         class_names: list[str] | None = None,
         snippet_seconds: float = 16 / 25,
         run_config: dict[str, Any] | None = None,
+        feature_checksum: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -86,10 +87,34 @@ class ISSFModule(pl.LightningModule):
         dm = self.trainer.datamodule
         if dm is None:
             return
+        if stage == "fit":
+            self._check_saliency_ratio(dm)
         during_fit = {"val": dm.val_split, **({"test_curve": "test"} if dm.val_split == "val" else {})}
         splits = {"fit": during_fit, "validate": during_fit, "test": {"test": "test"}}
         for split, data_split in splits.get(stage, {}).items():
             self.evaluators[split] = VideoEvaluator(dm.ground_truth(data_split), self.eval_cfg, dm.snippet_seconds)
+
+    def _tested_checksum(self) -> str | None:
+        """Checksum of the feature file being tested (the trained-on one when unknown)."""
+        file = getattr(self.trainer.datamodule, "file", None)
+        return getattr(file, "checksum", None) or self.hparams.get("feature_checksum")
+
+    def _check_saliency_ratio(self, dm: Any) -> None:
+        """``saliency_ratio`` p selects K = floor(p T) - 1 snippets of a T-snippet video: a p that
+        selects none in most training videos (``saliency_ratio=0.0001``) is an error at fit start."""
+        if not self.net_cfg.saliency or not hasattr(dm, "train_indices"):
+            return
+        lengths = np.asarray(dm.file.lengths[dm.train_indices])
+        if getattr(dm, "train_sample_length", None):
+            lengths = np.full(len(lengths), int(dm.train_sample_length))
+        if not len(lengths):
+            return
+        median = float(np.median(lengths))
+        if np.floor(self.net_cfg.saliency_ratio * median) - 1 < 1:
+            raise ValueError(
+                f"model.network.saliency_ratio: {self.net_cfg.saliency_ratio} selects no salient snippet "
+                f"(K = floor(p T) - 1 = 0) in most training videos (median length T = {median:g} snippets); "
+                f"must be >= {2.0 / median:.3g} for these data, and <= 1")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         cfg = self.optim_cfg
@@ -100,6 +125,17 @@ class ISSFModule(pl.LightningModule):
             params, lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg.get("eps", 1e-8),
             weight_decay=cfg["weight_decay"], fused=fused or None,
         )
+
+    def on_train_start(self) -> None:
+        """The configured optimizer settings win over the ones a resumed checkpoint restored with the
+        optimizer state (a resume with ``model.optimizer.lr=...`` and ``resume_changes=allow`` trains
+        with the new lr; without a resume this changes nothing)."""
+        optimizers = self.optimizers()
+        for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
+            for group in optimizer.param_groups:
+                group["lr"] = self.optim_cfg["lr"]
+                group["betas"] = tuple(self.optim_cfg["betas"])
+                group["weight_decay"] = self.optim_cfg["weight_decay"]
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -174,7 +210,7 @@ class ISSFModule(pl.LightningModule):
             run_config = self.hparams.get("run_config") or {}
             write_predictions(tagged_file(self.trainer.default_root_dir, "predictions.h5", tag), predictions,
                               evaluator.ground_truth, self.snippet_seconds, dataclasses.asdict(self.eval_cfg),
-                              data=run_config.get("data"))
+                              data=run_config.get("data"), feature_checksum=self._tested_checksum())
         evaluator.reset()
         self.cls_map[split].reset()
 

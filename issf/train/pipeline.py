@@ -18,7 +18,7 @@ from rich.table import Table
 from issf.eval.detections import save_detections
 from issf.eval.evaluator import EvaluationConfig
 from issf.eval.predictions import read_predictions, score_predictions
-from issf.train.checkpoints import check_checkpoint_fits, read_checkpoint
+from issf.train.checkpoints import check_checkpoint_fits, check_feature_identity, read_checkpoint
 from issf.train.module import SELECTED_ON_VALIDATION, ISSFModule, selected_checkpoint_tag
 from issf.utils.io import tagged_file, write_json
 
@@ -57,13 +57,19 @@ def _cell(value: float | None) -> str:
 
 def fit_and_test(
     trainer: pl.Trainer, module: ISSFModule, datamodule: pl.LightningDataModule, output_dir: str | os.PathLike,
-    ckpt_path: str | None = None, test: bool = True,
+    ckpt_path: str | None = None, test: bool = True, provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fit, test the last weights (and the best checkpoint when there is one), write metrics.json
-    and detections.json into ``output_dir``; returns the metrics dictionary."""
+    and detections.json into ``output_dir``; returns the metrics dictionary. metrics.json records
+    the feature file's checksum and ``provenance`` (what a resume was allowed to change). The test
+    stops, naming both checksums, when the feature file was replaced during the fit."""
     output_dir = Path(output_dir)
+    file = getattr(datamodule, "file", None)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics: dict[str, Any] = {"epochs": _epochs_done(trainer)}
+    if file is not None:
+        metrics["feature_checksum"] = file.checksum
+    metrics.update(provenance or {})
     if trainer.current_epoch != metrics["epochs"]:  # a fork/spawn launcher: test rows log the same epoch
         trainer.fit_loop.epoch_progress.current.completed = metrics["epochs"]
     last_val = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -78,6 +84,8 @@ def fit_and_test(
         metrics["val_best"] = {"score": best_score, "path": _relative_to(best, output_dir), "epoch": best_epoch,
                                "selected_on": getattr(datamodule, "val_split", "test")}
     if test:
+        if file is not None:
+            file.check_unchanged()  # the test must not read another file through the fit's index
         metrics.update(run_test_split(trainer, module, datamodule, output_dir))
         if best:
             # selected on held-out validation videos, or (val_fraction 0) on the test split itself as
@@ -151,21 +159,26 @@ def run_test_split(
 
 def evaluate_checkpoint(
     ckpt_path: str, trainer: pl.Trainer, datamodule: pl.LightningDataModule, output_dir: str | os.PathLike,
-    overrides: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None, allow_other_features: bool = False,
 ) -> dict[str, Any]:
     """Test a checkpoint with the evaluation settings it was trained with, ``overrides`` (dotted
     keys below the evaluation settings, e.g. ``localization.nms_threshold``) replaced; writes
-    metrics.json with the settings used."""
+    metrics.json with the settings used. A feature file other than the one trained on (checksum)
+    is an error unless ``allow_other_features``."""
     checkpoint = read_checkpoint(ckpt_path)  # names the file when it is not a usable checkpoint
     datamodule.setup()
     check_checkpoint_fits(checkpoint, ckpt_path, len(datamodule.class_names), datamodule.feature_dim)
+    file = getattr(datamodule, "file", None)
+    identity = {} if file is None else {"feature_checksum": file.checksum, **check_feature_identity(
+        checkpoint.get("hyper_parameters", {}).get("feature_checksum"), ckpt_path, file.checksum, file.path,
+        allow_other_features)}
     module = ISSFModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     settings = _with_overrides(module.hparams.get("evaluation"), overrides)
     module.eval_cfg = EvaluationConfig(**settings)
     if overrides and trainer.is_global_zero:
         log.info(f"evaluation settings of {ckpt_path}, with {overrides}")
-    metrics = {"checkpoint": str(ckpt_path), "evaluation": settings, "evaluation_overrides": dict(overrides or {}),
-               **run_test_split(trainer, module, datamodule, Path(output_dir))}
+    metrics = {"checkpoint": str(ckpt_path), **identity, "evaluation": settings,
+               "evaluation_overrides": dict(overrides or {}), **run_test_split(trainer, module, datamodule, Path(output_dir))}
     if trainer.is_global_zero:
         write_json(Path(output_dir) / "metrics.json", metrics)
     return metrics
@@ -173,18 +186,24 @@ def evaluate_checkpoint(
 
 def evaluate_predictions(
     path: str, datamodule: pl.LightningDataModule, output_dir: str | os.PathLike, overrides: dict[str, Any] | None = None,
+    allow_other_features: bool = False,
 ) -> dict[str, Any]:
     """Re-localize and score stored test predictions (no model) with the evaluation settings of the
     run that wrote them, ``overrides`` (dotted keys below the evaluation settings) replaced; writes
-    metrics.json and detections.json."""
+    metrics.json and detections.json. Ground truth of a feature file other than the predictions'
+    (checksum) is an error unless ``allow_other_features``."""
     preds = read_predictions(path)
+    datamodule.setup()
+    file = getattr(datamodule, "file", None)
+    identity = {} if file is None else {"feature_checksum": file.checksum, **check_feature_identity(
+        preds.feature_checksum, path, file.checksum, file.path, allow_other_features)}
     settings = _with_overrides(preds.evaluation, overrides)
     gt = datamodule.ground_truth(preds.split)
     result = score_predictions(preds, gt, EvaluationConfig(**settings))
     print_table(f"predictions: {path}", {"test": result.summary, "whole-video baseline": result.baseline})
     out = Path(output_dir)
     save_detections(out / "detections.json", result.detections, gt.video_ids, gt.class_names)
-    metrics = {"predictions": str(path), "evaluation": settings, "evaluation_overrides": dict(overrides or {}),
+    metrics = {"predictions": str(path), **identity, "evaluation": settings, "evaluation_overrides": dict(overrides or {}),
                "test": result.summary, "test_per_class_ap": result.per_class, "test_baseline": result.baseline}
     write_json(out / "metrics.json", metrics)
     return metrics

@@ -89,5 +89,6 @@ def test_tiny_real_sweep_and_report(tmp_path):
                 for r in runs if r["config"] == row["config"]]
         assert row["stats"]["AVG(0.1:0.7)"] == pytest.approx((np.mean(avgs), np.std(avgs, ddof=1)))
     md = (sweep / "report.md").read_text()
-    assert md.splitlines()[0].startswith("| configuration | seeds | mAP@0.1")
+    lines = md.splitlines()
+    assert lines[0] == "Test of the last weights:" and lines[2].startswith("| configuration | seeds | mAP@0.1")
     assert "+ablation=full | 2 |" in md

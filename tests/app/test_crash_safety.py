@@ -363,10 +363,38 @@ def test_temporary_names_are_hidden_and_carry_the_pid(tmp_path):
 # ------------------------------------------------------------------ mistyped options
 
 
+@pytest.mark.parametrize("override,key,message", [
+    ("model.network.saliency=flase", "model.network.saliency", "not a valid bool"),
+    ("model.network.compat.wrap_last=yes please", "model.network.compat.wrap_last", "not a valid bool"),
+    ("model.network.dropout=high", "model.network.dropout", "could not be converted to Float"),
+    ("model.network.memory_slots=many", "model.network.memory_slots", "could not be converted to Integer"),
+])
+def test_mistyped_network_options_are_refused_by_the_schema(tmp_path, override, key, message):
+    """``model.network`` is typed by its schema (issf.model.config.NetworkSettings): Hydra refuses a
+    value of the wrong type while composing, naming the key, before any work."""
+    from hydra.errors import ConfigCompositionException
+
+    from tests.conftest import compose_cfg
+
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg(tmp_path, "experiment=smoke", override)
+    cause = str(info.value.__cause__)
+    assert message in cause and f"full_key: {key}" in cause
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"saliency": "flase"}, "model.network.saliency: expected true or false, got 'flase'"),
+    ({"compat": {"wrap_last": "yes please"}}, "model.network.compat.wrap_last: expected true or false"),
+    ({"dropout": "high"}, "model.network.dropout: expected a number, got 'high'"),
+])
+def test_the_library_checks_types_without_hydra(kwargs, message):
+    from issf.model.config import ISSFConfig
+
+    with pytest.raises(TypeError, match=message):
+        ISSFConfig(**kwargs)
+
+
 @pytest.mark.parametrize("override,message", [
-    ("model.network.saliency=flase", "model.network.saliency: expected true or false, got 'flase'"),
-    ("model.network.compat.wrap_last=yes please", "model.network.compat.wrap_last: expected true or false"),
-    ("model.network.dropout=high", "model.network.dropout: expected a number, got 'high'"),
     ("data.evaluation.localization.nms=iuo", "nms must be one of"),
     ("data.evaluation.protocol=thumos", "data.evaluation.protocol: expected one of ('anet', 'wtalc')"),
     ("data.evaluation.filter_ambiguous=maybe", "data.evaluation.filter_ambiguous: expected true or false"),

@@ -250,16 +250,24 @@ def test_layout_from_annotation_folder(tmp_path: Path) -> None:
     np.testing.assert_array_equal(f.ambiguous_video, [v for v, _ in expected_amb])
 
 
-def test_ensure_dataset_regenerates_only_on_change(tmp_path: Path) -> None:
+def test_ensure_dataset_generates_each_setting_into_its_own_file(tmp_path: Path) -> None:
+    """Issue #28 item 1: another setting writes another file (named by a hash of the settings); the
+    file that may be read by a running training is never rewritten in place."""
+    from issf.data.synthetic import settings_hash
+
     path = tmp_path / "d.h5"
     cfg = _small(num_train=2, num_test=1)
-    ensure_dataset(cfg, path)
+    assert ensure_dataset(cfg, path) == path
     stamp = path.stat().st_mtime_ns
-    ensure_dataset(_small(num_train=2, num_test=1), path)
+    assert ensure_dataset(_small(num_train=2, num_test=1), path) == path
     assert path.stat().st_mtime_ns == stamp
-    ensure_dataset(_small(num_train=3, num_test=1), path)
-    assert len(FeatureFile(path)) == 4
-    assert stored_config(path) == (_small(num_train=3, num_test=1).to_json(), GENERATOR_VERSION)
+    other = ensure_dataset(_small(num_train=3, num_test=1), path)
+    assert other == tmp_path / f"d-{settings_hash(_small(num_train=3, num_test=1))}.h5"
+    assert path.stat().st_mtime_ns == stamp and len(FeatureFile(path)) == 3  # untouched
+    assert len(FeatureFile(other)) == 4
+    assert stored_config(other) == (_small(num_train=3, num_test=1).to_json(), GENERATOR_VERSION)
+    assert ensure_dataset(_small(num_train=3, num_test=1), path) == other  # found again, not regenerated
+    assert ensure_dataset(cfg, path) == path
 
 
 def test_config_accepts_its_own_dict_and_the_yaml_block() -> None:

@@ -1,35 +1,9 @@
 """The core of ``prepare``: the writer options, checks shared by the converters, and the streaming
 writer that validates features while handing them to :func:`issf.data.h5.write_feature_file`.
 
-The converters themselves are :mod:`issf.data.prepare.wtalc` and :mod:`issf.data.prepare.per_video`.
-
-Two sources are supported:
-
-* :func:`convert_wtalc`: a W-TALC folder (``<name>-I3D-JOINTFeatures.npy`` plus ``videoname.npy``,
-  ``subset.npy``, ``duration.npy``, ``classlist.npy``, ``labels_all.npy``, ``segments.npy``,
-  ``labels.npy`` and optionally ``Ambiguous_test.txt``), as read by the W-TALC/RSKP/ISSF code.
-  Both the THUMOS'14 variant (byte strings) and the ActivityNet 1.3 variant (str) are read.
-* :func:`convert_per_video`: one ``<video_id>.npy`` per video (or ``rgb/`` + ``flow/`` folders,
-  concatenated along the feature axis) plus an ActivityNet-layout JSON or a BaS-Net/UM
-  ``gt.json``, optionally restricted by split lists.
-
-Everything that can be checked without features (files present, ids unique, labels known,
-segments well formed) is checked before any feature is read. Features are then streamed video by
-video into :func:`issf.data.h5.write_feature_file`, which writes a temporary file and renames it
-only when complete, so an error never leaves an output or a temporary file behind. Warnings are
-collected in the returned :class:`ConversionReport` and stored in the file's ``prepare`` attribute.
-
-Defect policy (see :mod:`issf.data.prepare.validate` for the checks):
-
-* segments outside [0, duration] are clipped and reported; a segment starting at or after the end
-  is kept as the zero-length ``[duration, duration]`` by default (``past_end="keep"``): instance
-  counts and the mAP denominator stay those of the source, where such a segment can never be
-  matched. ``past_end="drop"`` removes it instead.
-* W-TALC video-level labels (``labels_all``) that disagree with the segment labels are reported;
-  ``labels_from="video"`` keeps W-TALC's labels (what W-TALC/RSKP/ISSF train on),
-  ``labels_from="segments"`` derives them from the segments.
-* a feature length T differing from ``duration / snippet_seconds`` by more than
-  ``length_tolerance`` snippets is reported.
+The converters themselves are :mod:`issf.data.prepare.wtalc` and :mod:`issf.data.prepare.per_video`;
+the checks, the defect policy and the report are :mod:`issf.data.prepare.validate`'s (the policy
+is summarised in :mod:`issf.data.prepare`).
 """
 
 from __future__ import annotations
