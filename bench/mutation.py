@@ -11,7 +11,7 @@ code changed under it). The report (date, commit, per-mutation result, totals) g
 
     python bench/mutation.py [--only NAME ...] [--list] [--report PATH] [--timeout S]
 
-``make mutation`` runs it (not part of CI: about a quarter of an hour on two cores).
+``make mutation`` runs it (not part of CI: about 20 minutes on two cores).
 """
 
 from __future__ import annotations
@@ -42,6 +42,20 @@ HYPER = "tests/app/test_hyperparameters.py"
 MODEL = "tests/model/test_model.py"
 DATAMODULE = "tests/data/test_datamodule.py"
 MEMORY_READ = "tests/model/test_memory_read.py"
+# issue #29: tests aimed at evaluation wiring, data conversion and splitting, checkpoints and resume,
+# report and logs
+EVAL_WIRING = "tests/eval/test_evaluation_wiring.py"
+LOCALIZE_CLASSES = "tests/eval/test_localize_classes.py"
+EVAL_BOUNDARIES = "tests/eval/test_interval_boundaries.py"
+DATA_BOUNDARIES = "tests/data/test_interval_boundaries.py"
+PAIRING = "tests/data/test_convert_pairing.py"
+SPLIT = "tests/data/test_split_determinism.py"
+EVAL_MODE = "tests/model/test_eval_mode.py"
+REPEATED_VALIDATION = "tests/train/test_repeated_validation.py"
+ATOMIC = "tests/train/test_checkpoint_atomicity.py"
+OPTIMIZER = "tests/train/test_optimizer.py"
+CSV_RESUME = "tests/train/test_csv_resume.py"
+REPORT_CURVES = "tests/analysis/test_report_curves.py"
 
 
 @dataclass(frozen=True)
@@ -151,8 +165,8 @@ MUTATIONS: list[Mutation] = [
     Mutation("batch_loss_mean", "batch loss = mean over videos instead of the sum", "issf/train/module.py",
              "return terms[\"total\"].sum()", "return terms[\"total\"].mean()", (SCHEDULE,)),
     Mutation("default_gt_classes_read", "the recipes' memory read back to the per-class read "
-             "(collapses the pseudo-labels)", "conf/model/issf.yaml",
-             "  memory_read: class0", "  memory_read: gt_classes", (LEARNING, MEMORY_READ)),
+             "(collapses the pseudo-labels)", "issf/model/config.py",
+             '    memory_read: str = "class0"', '    memory_read: str = "gt_classes"', (LEARNING, MEMORY_READ)),
     Mutation("default_without_background_bank", "the recipes' memory without the background bank",
              "conf/model/issf.yaml", "  memory_background: true", "  memory_background: false", (HYPER,)),
     # ---------------------------------------------------------------- data and evaluation
@@ -166,14 +180,116 @@ MUTATIONS: list[Mutation] = [
     Mutation("sampling_ignores_epoch", "training sampling seed ignores the epoch", "issf/data/datamodule.py",
              "np.random.default_rng([self.seed, self.epoch, 7])", "np.random.default_rng([self.seed, 7])", (DATAMODULE,)),
     # ---------------------------------------------------------------- configuration
-    Mutation("config_fusion", "conf/model/issf.yaml fusion 0.4", "conf/model/issf.yaml",
-             "fusion_base: 0.6", "fusion_base: 0.4", (HYPER,)),
-    Mutation("config_lambda", "conf/model/issf.yaml lambda 0.2", "conf/model/issf.yaml",
-             "lamb: 0.12", "lamb: 0.2", (HYPER,)),
-    Mutation("config_slots", "conf/model/issf.yaml N = 10", "conf/model/issf.yaml",
-             "memory_slots: 9", "memory_slots: 10", (HYPER,)),
+    Mutation("config_fusion", "network default fusion 0.4 (the model.network schema)", "issf/model/config.py",
+             "fusion_base: float = 0.6", "fusion_base: float = 0.4", (HYPER,)),
+    Mutation("config_lambda", "network default lambda 0.2 (the model.network schema)", "issf/model/config.py",
+             "lamb: float = 0.12", "lamb: float = 0.2", (HYPER,)),
+    Mutation("config_slots", "network default N = 10 (the model.network schema)", "issf/model/config.py",
+             "memory_slots: int = 9", "memory_slots: int = 10", (HYPER,)),
     Mutation("recipe_official_compat", "thumos_official without the class-0 memory", "conf/experiment/thumos_official.yaml",
              "      memory_class0: true", "      memory_class0: false", (HYPER,)),
+    # ---------------------------------------------------------------- evaluation wiring (issue #29)
+    Mutation("eval_ambiguous_not_passed", "EvaluationConfig builds its metric without the ambiguous filter",
+             "issf/eval/evaluator.py", "filter_ambiguous=self.filter_ambiguous,", "filter_ambiguous=False,",
+             (EVAL_WIRING,)),
+    Mutation("metric_ambiguous_ignored", "TemporalDetectionMAP drops its filter_ambiguous argument",
+             "issf/eval/metric.py", "self.filter_ambiguous = bool(filter_ambiguous)", "self.filter_ambiguous = False",
+             (EVAL_WIRING,)),
+    Mutation("eval_return0_not_passed", "EvaluationConfig builds its metric without compat_locmap_return0",
+             "issf/eval/evaluator.py", "compat_locmap_return0=self.compat_locmap_return0,",
+             "compat_locmap_return0=False,", (EVAL_WIRING,)),
+    Mutation("eval_clip_protocol_swapped", "the evaluator clips W-TALC detections and leaves ActivityNet's unclipped",
+             "issf/eval/evaluator.py", "durations = None if self.cfg.protocol == \"wtalc\" else",
+             "durations = None if self.cfg.protocol == \"anet\" else", (EVAL_WIRING,)),
+    Mutation("eval_keeps_clipped_to_nothing", "detections clipped to zero length are kept (start at the duration)",
+             "issf/eval/evaluator.py", "dets = dets.select(dets.end > dets.start)",
+             "dets = dets.select(dets.end >= dets.start)", (EVAL_WIRING,)),
+    Mutation("evaluator_metric_not_reset", "VideoEvaluator.reset leaves the metric's detections in place",
+             "issf/eval/evaluator.py", "        self.metric.reset()\n", "", (EVAL_WIRING, REPEATED_VALIDATION)),
+    Mutation("module_evaluator_not_reset", "the module never resets its evaluator between validations",
+             "issf/train/module.py", "        evaluator.reset()\n", "", (REPEATED_VALIDATION,)),
+    Mutation("module_cls_map_not_reset", "the module never resets its classification mAP between validations",
+             "issf/train/module.py", "        evaluator.reset()\n        self.cls_map[split].reset()\n",
+             "        evaluator.reset()\n", (REPEATED_VALIDATION,)),
+    Mutation("localize_score_by_column", "contrast_x_video multiplies by the score of the column's index, not the class's",
+             "issf/eval/localize.py", "sc = sc * vs[classes].astype(np.float64)[col]", "sc = sc * vs.astype(np.float64)[col]",
+             (LOCALIZE_CLASSES,)),
+    Mutation("localize_label_is_column", "detections labelled by their column among the selected classes",
+             "issf/eval/localize.py", "        classes[col[idx]],\n", "        col[idx],\n", (LOCALIZE_CLASSES,)),
+    Mutation("localize_first_columns", "the CAS of the first len(classes) columns instead of the selected classes",
+             "issf/eval/localize.py", "x = upsample_cas(cas[:, classes].astype(np.float64), factor)",
+             "x = upsample_cas(cas[:, : len(classes)].astype(np.float64), factor)", (LOCALIZE_CLASSES,)),
+    Mutation("dropout_at_eval", "the embedding's dropout stays on in eval mode", "issf/model/embedding.py",
+             "if not self.training or p == 0.0:", "if p == 0.0:", (EVAL_MODE, REPEATED_VALIDATION)),
+    Mutation("inspect_video_train_mode", "inspect_video runs the network in the caller's (training) mode",
+             "issf/train/module.py", "        was = self.net.training\n        self.net.eval()\n",
+             "        was = self.net.training\n", (EVAL_MODE,)),
+    # ---------------------------------------------------------------- boundaries (issue #29)
+    Mutation("overlap_touching", "intervals that only touch count as overlapping (ambiguous filter)",
+             "issf/eval/intervals.py", "out[rows] = (inter > 0).any(axis=1)", "out[rows] = (inter >= 0).any(axis=1)",
+             (EVAL_BOUNDARIES, EVAL_WIRING)),
+    Mutation("clip_past_end_strict", "a segment starting exactly at the duration is not past the end",
+             "issf/data/prepare/validate.py", "past = (lo >= duration) & (hi > duration)",
+             "past = (lo > duration) & (hi > duration)", (DATA_BOUNDARIES,)),
+    Mutation("clip_outside_inclusive", "a segment ending exactly at the duration counts as outside",
+             "issf/data/prepare/validate.py", "outside = (lo < 0) | (hi > duration)",
+             "outside = (lo < 0) | (hi >= duration)", (DATA_BOUNDARIES,)),
+    # ---------------------------------------------------------------- conversion and splitting (issue #29)
+    Mutation("wtalc_key_by_position", "W-TALC features looked up by output position (wrong video after a skip)",
+             "issf/data/prepare/wtalc.py", "labels, key=i))", "labels, key=len(videos)))", (PAIRING,)),
+    Mutation("subset_ambiguous_not_reindexed", "a split's ambiguous intervals keep the file's video indices",
+             "issf/data/annotations.py", "ambiguous_video=remap[self.ambiguous_video[amb_keep]],",
+             "ambiguous_video=self.ambiguous_video[amb_keep],", (PAIRING,)),
+    Mutation("split_unseeded", "validation split drawn from an unseeded generator", "issf/data/datamodule.py",
+             "rng = np.random.default_rng([self.seed, 11])", "rng = np.random.default_rng()", (SPLIT,)),
+    Mutation("split_global_rng", "validation split drawn from numpy's global random state", "issf/data/datamodule.py",
+             "rng = np.random.default_rng([self.seed, 11])", "rng = np.random", (SPLIT,)),
+    Mutation("split_ignores_seed", "validation split seeded with a constant instead of the run seed",
+             "issf/data/datamodule.py", "rng = np.random.default_rng([self.seed, 11])",
+             "rng = np.random.default_rng(11)", (SPLIT,)),
+    Mutation("split_val_also_trained", "validation videos are not removed from the training videos",
+             "issf/data/datamodule.py", "self.val_indices, train = train[chosen], train[~chosen]",
+             "self.val_indices = train[chosen]", (SPLIT,)),
+    # ---------------------------------------------------------------- checkpoints and optimizer (issue #29)
+    Mutation("checkpoint_in_place", "checkpoints written in place (no temporary file and rename)",
+             "issf/train/checkpoints.py", "with atomic_write(path, \"wb\") as f:", "with open(path, \"wb\") as f:",
+             (ATOMIC,)),
+    Mutation("atomic_write_keeps_temp_on_interrupt", "atomic_write removes its temporary only on an Exception",
+             "issf/utils/io.py", "    except BaseException:\n        tmp.unlink(missing_ok=True)",
+             "    except Exception:\n        tmp.unlink(missing_ok=True)", (ATOMIC,)),
+    Mutation("trainer_plain_checkpoint_io", "the trainer config writes checkpoints with Lightning's plain plugin",
+             "conf/trainer/default.yaml", "  - _target_: issf.train.checkpoints.AtomicCheckpointIO",
+             "  - _target_: lightning_fabric.plugins.io.torch_io.TorchCheckpointIO", (ATOMIC,)),
+    Mutation("optimizer_adamw", "AdamW (decoupled weight decay) instead of Adam with coupled L2",
+             "issf/train/module.py", "return torch.optim.Adam(", "return torch.optim.AdamW(", (OPTIMIZER,)),
+    Mutation("optimizer_betas_fixed", "the optimizer ignores the configured betas", "issf/train/module.py",
+             "betas=tuple(cfg[\"betas\"])", "betas=(0.9, 0.999)", (OPTIMIZER,)),
+    Mutation("optimizer_eps_default", "the optimizer's default eps 1e-6", "issf/train/module.py",
+             "eps=cfg.get(\"eps\", 1e-8)", "eps=cfg.get(\"eps\", 1e-6)", (OPTIMIZER,)),
+    Mutation("optimizer_no_weight_decay", "the configured weight decay never reaches the optimizer",
+             "issf/train/module.py", "weight_decay=cfg[\"weight_decay\"], fused", "weight_decay=0.0, fused",
+             (OPTIMIZER,)),
+    # ---------------------------------------------------------------- resume history and report (issue #29)
+    Mutation("csv_keeps_relogged_epoch", "a resumed CSV log keeps the rows of the epoch it logs again",
+             "issf/train/loggers.py", "float(r[\"epoch\"]) < epoch]", "float(r[\"epoch\"]) <= epoch]", (CSV_RESUME,)),
+    Mutation("log_history_off_by_one", "LogHistoryOnResume cuts the history one epoch late",
+             "issf/train/callbacks.py", "logger.keep_epochs_before(trainer.current_epoch)",
+             "logger.keep_epochs_before(trainer.current_epoch + 1)", (CSV_RESUME,)),
+    Mutation("report_best_wrong_axis", "best of evaluations taken per epoch over seeds instead of per run",
+             "issf/analysis/report.py", "\"best\": (float(values.max(1).mean()), float(values.max(1).std(ddof=ddof))),",
+             "\"best\": (float(values.max(0).mean()), float(values.max(0).std(ddof=ddof))),", (REPORT_CURVES,)),
+    Mutation("report_last_is_first", "the report's last evaluation is the first one", "issf/analysis/report.py",
+             "\"last\": (float(values[:, -1].mean()), float(values[:, -1].std(ddof=ddof))),",
+             "\"last\": (float(values[:, 0].mean()), float(values[:, 0].std(ddof=ddof))),", (REPORT_CURVES,)),
+    Mutation("report_curve_std_population", "curve statistics with the population std over seeds",
+             "issf/analysis/report.py", "ddof = 1 if len(curves) > 1 else 0", "ddof = 0", (REPORT_CURVES,)),
+    Mutation("report_curve_epoch_label", "curve points labelled by the 0-based epoch, not epochs trained",
+             "issf/analysis/report.py", "points = {int(r[\"epoch\"]) + 1: float(r[column])",
+             "points = {int(r[\"epoch\"]): float(r[column])", (REPORT_CURVES,)),
+    Mutation("report_curve_epochs_union", "curve epochs are the union over seeds (a seed without the epoch counts)",
+             "issf/analysis/report.py", "epochs = sorted(set.intersection(*(set(c) for c in curves)))",
+             "epochs = sorted(set.union(*(set(c) for c in curves)))\n        curves = [{e: c.get(e, 0.0) for e in epochs} "
+             "for c in curves]", (REPORT_CURVES,)),
 ]
 
 
