@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -66,15 +67,33 @@ def run_epoch(
     return time.perf_counter() - start, time.process_time() - cpu_start, snippets
 
 
+RELEASED_CPU_SECONDS = 92.0  # the released code's THUMOS'14 epoch on one CPU thread (docs/released_code.md)
+
+
+def network_settings(name: str) -> dict:
+    """``recipe``: the network the recipes train (conf/model/issf.yaml over the library defaults);
+    ``released``: the released code's network and memory (conf/ablation/released.yaml)."""
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    if name == "recipe":
+        network = yaml.safe_load((conf / "model" / "issf.yaml").read_text())["network"]
+    elif name == "released":
+        network = yaml.safe_load((conf / "ablation" / "released.yaml").read_text())
+    else:
+        raise ValueError(f"network must be recipe or released, got {name!r}")
+    return {k: v for k, v in network.items() if k != "defaults" and not (isinstance(v, str) and v.startswith("${"))}
+
+
 def bench_mode(
-    path: Path, batch_size: int, device: torch.device, epochs: int, amp: bool = False, workers: int = 0
+    path: Path, batch_size: int, device: torch.device, epochs: int, amp: bool = False, workers: int = 0,
+    network: str = "recipe",
 ) -> dict:
     torch.manual_seed(0)
     dm = FeatureDataModule(
         str(path), batch_size=batch_size, eval_batch_size=16, bucket=batch_size > 1, num_workers=workers
     )
     dm.setup()
-    net = ISSF(ISSFConfig(num_classes=dm.file.num_classes, input_dim=dm.feature_dim)).to(device).train()
+    net = ISSF(ISSFConfig(num_classes=dm.file.num_classes, input_dim=dm.feature_dim,
+                          **network_settings(network))).to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=5e-5, betas=(0.9, 0.99), weight_decay=5e-4, fused=True)
     net.eval()  # memory initialisation pass, so that the timed epochs use the memory branch
     for batch in dm.memory_init_dataloader():
@@ -105,6 +124,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per mode (best and median reported)")
     parser.add_argument("--modes", default="batched,single")
+    parser.add_argument("--networks", default="recipe,released",
+                        help="recipe (the recipes' network, background bank on) and/or released (the released code's)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
     parser.add_argument("--quick", action="store_true", help="40 videos instead of 200")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: in-process)")
@@ -113,20 +134,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = torch.device(args.device)
     path, layouts = thumos_scale_data(args.quick)
     entries = []
-    for mode in args.modes.split(","):
+    for mode, network in [(m, n) for m in args.modes.split(",") for n in args.networks.split(",")]:
         batch = 10 if mode == "batched" else 1
-        result = bench_mode(path, batch, device, args.epochs, args.amp, args.workers)
+        result = bench_mode(path, batch, device, args.epochs, args.amp, args.workers, network)
         entry = {
-            "benchmark": "train_epoch", "case": f"thumos_scale_{mode}_B{batch}" + ("_quick" if args.quick else ""),
+            "benchmark": "train_epoch", "network": network,
+            "case": f"thumos_scale_{mode}_B{batch}_{network}" + ("_quick" if args.quick else ""),
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
             "threads": args.threads, "workers": args.workers, "amp_bf16": args.amp, "layouts": layouts, **result,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         if device.type == "cuda":
             entry["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        entry["speedup_vs_released_code"] = RELEASED_CPU_SECONDS / result["cpu_seconds_per_epoch"]
         print(f"{entry['case']}: {result['seconds_per_epoch']:.2f} s/epoch "
-              f"(median {result['median_seconds_per_epoch']:.2f}), "
-              f"{result['snippets_per_second']:.0f} snippets/s ({args.threads} threads, {entry['device']})")
+              f"(median {result['median_seconds_per_epoch']:.2f}, {result['cpu_seconds_per_epoch']:.2f} CPU-s), "
+              f"{result['snippets_per_second']:.0f} snippets/s ({args.threads} threads, {entry['device']}); "
+              f"{entry['speedup_vs_released_code']:.2f}x the released code's {RELEASED_CPU_SECONDS:.0f} CPU-s")
         record(entry)
         entries.append(entry)
     return entries

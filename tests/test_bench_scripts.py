@@ -108,3 +108,25 @@ def test_bench_anet_quick_records(tmp_path, monkeypatch):
     assert 1 <= evaluation["classes_localized_per_video"] < 20  # relative selection, not every class
     assert training["benchmark"] == "anet_train" and training["snippets_per_second"] > 0
     assert run_all.value_unit(training) == (training["snippets_per_second"], "snippets/s")
+
+
+def test_a_slowed_case_is_flagged_against_the_best_earlier_record(tmp_path, capsys):
+    """The regression gate: a record more than 10% worse than the best earlier record of the same
+    case on the same machine is printed; other machines, other cases and small noise are not."""
+    path = tmp_path / "results.json"
+    base = {"benchmark": "train_epoch", "case": "thumos_scale_batched_B10", "device": "cpu", "threads": 1}
+    for seconds in (26.0, 25.0, 27.0):
+        assert common.record({**base, "cpu_seconds_per_epoch": seconds, "snippets_per_second": 2600 / seconds},
+                             path) == []
+    assert common.record({**base, "cpu_seconds_per_epoch": 26.5}, path) == []  # within 10% of 25
+    slower = common.record({**base, "cpu_seconds_per_epoch": 44.4, "snippets_per_second": 2600 / 44.4}, path)
+    assert len(slower) == 2 and "cpu_seconds_per_epoch 44.4 vs 25 (+78%" in slower[0]
+    assert "snippets_per_second" in slower[1]
+    assert "SLOWER" in capsys.readouterr().err
+    assert common.record({**base, "case": "other", "cpu_seconds_per_epoch": 99.0}, path) == []  # a new case
+    foreign = {**base, "cpu_seconds_per_epoch": 90.0, "machine": "another machine"}
+    assert common.regressions(foreign, json.loads(path.read_text())) == []
+    throughput = {"benchmark": "data", "case": "read", "unit": "MB/s"}
+    history = [{**throughput, "value": 100.0, "machine": "m"}]
+    assert common.regressions({**throughput, "value": 80.0, "machine": "m"}, history)  # throughput fell 20%
+    assert not common.regressions({**throughput, "value": 120.0, "machine": "m"}, history)
