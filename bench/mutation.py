@@ -167,8 +167,11 @@ MUTATIONS: list[Mutation] = [
     Mutation("default_gt_classes_read", "the recipes' memory read back to the per-class read "
              "(collapses the pseudo-labels)", "issf/model/config.py",
              '    memory_read: str = "class0"', '    memory_read: str = "gt_classes"', (LEARNING, MEMORY_READ)),
-    Mutation("default_without_background_bank", "the recipes' memory without the background bank",
-             "conf/model/issf.yaml", "  memory_background: true", "  memory_background: false", (HYPER,)),
+    Mutation("default_with_background_bank", "the network's default memory with the background bank",
+             "issf/model/config.py", "    memory_background: bool = False", "    memory_background: bool = True",
+             (HYPER,)),
+    Mutation("recipe_selects_on_test", "thumos_full selects its best checkpoint on the test split",
+             "conf/experiment/thumos_full.yaml", "    val_fraction: 0.2", "    val_fraction: 0.0", (HYPER,)),
     # ---------------------------------------------------------------- data and evaluation
     Mutation("evaluator_fixed_064", "evaluator converts with 0.64 s instead of the file's snippet_seconds",
              "issf/eval/evaluator.py", "self.snippet_seconds = snippet_seconds", "self.snippet_seconds = 0.64", (WIRING,)),

@@ -51,6 +51,7 @@ TAU = 0.2
 
 DATA = [
     "experiment=synthetic", "data.synthetic.num_train=64", "data.synthetic.num_test=48",
+    "data.datamodule.val_fraction=0.0",  # learning on all 64 videos: this file measures learning, not selection
     "trainer.max_epochs=10", "model.optimizer.lr=1e-3", "model.network.memory_ema_epoch=5",
     # test once after fitting: no validation, checkpoints, plots or logs
     "trainer.check_val_every_n_epoch=1000", "logger=none", "callbacks.plots=null", "callbacks.progress_bar=null",
