@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from issf.utils.commands import override_arg
 from issf.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -185,10 +186,10 @@ def missing_jobs(multirun_dir: str | os.PathLike, jobs: list[list[str]], command
         args = " ".join(shlex.quote(o) for o in overrides if _key(o) not in RUN_KEYS)
         last = job / "checkpoints" / "last.ckpt"
         if last.is_file():
-            state, extra = "unfinished (last.ckpt written)", f"ckpt_path={shlex.quote(str(last))}"
+            state, extra = "unfinished (last.ckpt written)", override_arg("ckpt_path", str(last))
         else:
             state = "unfinished (no checkpoint)" if job.is_dir() else "never started"
-            extra = shlex.quote(f"hydra.run.dir={job}")
+            extra = override_arg("hydra.run.dir", str(job))
         lines.append(f"job {number} ({args or 'default'}): {state}; run: {command} {args} {extra}".replace("  ", " "))
     return lines
 

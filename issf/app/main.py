@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from issf.app.console import print_config_tree, quiet_third_party
 from issf.app.ddp import launching_process, patch_ddp_launcher
 from issf.app.overrides import wandb_identity
-from issf.app.run_dir import claim_directory, resume_directory, run_directory_lock
+from issf.app.run_dir import claim_directory, remove_unused_claims, resume_directory, run_directory_lock
 from issf.app.schema import register_schemas
 from issf.app.tasks import TASKS, exit_on_sigterm, finish_wandb
 from issf.utils.io import atomic_write
@@ -139,8 +139,13 @@ def restore_on_early_failure(folder: Path | None) -> Iterator[None]:
     back what was there: a refused resume leaves a finished run's provenance as it was."""
     global _WRITING
     _WRITING = False
-    if folder is None:
-        yield
+    if folder is None:  # a new run directory: a command that fails before any work leaves none
+        try:
+            yield
+        except BaseException as err:
+            if (not isinstance(err, SystemExit) or err.code not in (0, None)) and not _WRITING:
+                remove_unused_claims()
+            raise
         return
     hydra_dir = folder / ".hydra"
     saved = {p: p.read_bytes() for p in hydra_dir.glob("*.yaml")} if hydra_dir.is_dir() else {}

@@ -43,6 +43,21 @@ def claim_directory(path: str) -> str:
     return _CLAIMED[path]
 
 
+HYDRA_OWN = {".hydra", "run.log", ".issf.lock"}  # what a run directory holds before the task writes
+
+
+def remove_unused_claims() -> list[Path]:
+    """Remove the directories this process claimed that hold nothing but Hydra's own files (a
+    command that failed before doing any work leaves no run directory behind); returns them."""
+    removed = []
+    for claimed in _CLAIMED.values():
+        folder = Path(claimed)
+        if folder.is_dir() and {p.name for p in folder.iterdir()} <= HYDRA_OWN:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def run_directory_lock(output_dir: Path) -> AbstractContextManager[object]:
     """The run directory's lock (``run_lock``), taken by the launching process only: DDP ranks it
     starts write into the same directory."""

@@ -17,6 +17,7 @@ from issf.app.ddp import teardown_ddp_children
 from issf.app.overrides import command_overrides, evaluation_overrides, sweep_jobs, use_checkpoint_data
 from issf.app.run_dir import carry_history
 from issf.train.runtime import configure_cpu
+from issf.utils.commands import override_arg, run_command
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,8 @@ def task_train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                             test=cfg.test_after_fit, provenance=provenance)
     except SIGTERMException:  # Lightning stops at the next step; last.ckpt holds the last whole epoch
         resume = output_dir / "checkpoints" / "last.ckpt"
-        log.error(f"stopped by SIGTERM; resume with: python run.py {' '.join(command_overrides())} "
-                  f"ckpt_path={resume}" if resume.is_file() else "stopped by SIGTERM before the first epoch ended")
+        log.error(f"stopped by SIGTERM; resume with: {run_command(command_overrides(), override_arg('ckpt_path', str(resume)))}"
+                  if resume.is_file() else "stopped by SIGTERM before the first epoch ended")
         raise SystemExit(SIGTERM_EXIT_CODE) from None
     finally:
         signal.signal(signal.SIGTERM, exit_on_sigterm)

@@ -78,11 +78,11 @@ def write_feature_file(
     stored in the ``checksum`` attribute.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(path.parent, path.name):  # also when the write is refused
+        log.warning(f"removed {stale}, left by an interrupted process")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; add data.prepare.overwrite=true (overwrite=True in Python) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in remove_stale_temporaries(path.parent, path.name):
-        log.warning(f"removed {stale}, left by an interrupted process")
     tmp = temporary_path(path)
     np_dtype = np.dtype(dtype)
     if np_dtype not in (np.float16, np.float32):

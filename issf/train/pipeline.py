@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 import io
 import logging
 import os
@@ -73,6 +74,7 @@ def fit_and_test(
     if trainer.current_epoch != metrics["epochs"]:  # a fork/spawn launcher: test rows log the same epoch
         trainer.fit_loop.epoch_progress.current.completed = metrics["epochs"]
     last_val = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    last_val = last_val or _last_validation_logged(output_dir)  # a resume with nothing left to fit
     if last_val:
         metrics["val_last"] = last_val
     checkpoint = trainer.checkpoint_callback
@@ -96,6 +98,17 @@ def fit_and_test(
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", metrics)
     return metrics
+
+
+def _last_validation_logged(output_dir: Path) -> dict[str, float]:
+    """The last ``val/*`` row of the run's CSV history: what a run resumed after its last epoch (a
+    kill during the final test) reports as ``val_last``, since its fit evaluates nothing."""
+    path = output_dir / "csv" / "metrics.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if any(k.startswith("val/") and v not in ("", None) for k, v in r.items())]
+    return {k.split("/", 1)[1]: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v} if rows else {}
 
 
 def _epochs_done(trainer: pl.Trainer) -> int:

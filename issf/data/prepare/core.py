@@ -9,6 +9,7 @@ is summarised in :mod:`issf.data.prepare`).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,6 +30,9 @@ from issf.data.prepare.validate import (
     clip_intervals,
     short_repr,
 )
+from issf.utils.io import remove_stale_temporaries
+
+log = logging.getLogger(__name__)
 
 SNIPPET_SECONDS = 16 / 25
 _MAX_IDS_IN_ATTRS = 100  # HDF5 attributes must stay well below 64 KiB
@@ -198,6 +202,11 @@ def multi_hot(indices: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def check_output(out_path: Path, overwrite: bool) -> None:
+    """Refuse an existing output unless ``overwrite``; a killed prepare's temporary beside it goes
+    either way (a refused prepare leaves no stale file behind)."""
+    if out_path.parent.is_dir():
+        for stale in remove_stale_temporaries(out_path.parent, out_path.name):
+            log.warning(f"removed {stale}, left by an interrupted process")
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"{out_path} exists; add data.prepare.overwrite=true to replace it")
 
