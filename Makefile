@@ -32,7 +32,7 @@ lint: $(STAMP)  ## ruff
 bench: $(STAMP)  ## benchmarks; results are appended to bench/results.json
 	$(BIN)/python bench/run_all.py
 
-mutation: $(STAMP)  ## re-create plausible model bugs one at a time and check that the tests catch them (~15 min; not in CI)
+mutation: $(STAMP)  ## re-create plausible bugs one at a time and check that the tests aimed at them catch them (~25 min on 2 cores; not in CI)
 	$(BIN)/python bench/mutation.py
 
 notebook: $(STAMP)  ## execute notebooks/analysis.ipynb on the latest run, or ISSF_RUN_DIR=<run> (outputs in logs/notebook/)
