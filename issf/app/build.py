@@ -110,7 +110,25 @@ def plain_config(cfg: DictConfig) -> dict[str, Any]:
     return rename_key(OmegaConf.to_container(cfg, resolve=True), "_target_", "target")
 
 
+# the package each optional logger needs, and the extra that installs it
+LOGGER_EXTRAS = {"WandbLogger": ("wandb", "wandb"), "TensorBoardLogger": ("tensorboard", "tensorboard")}
+
+
+def check_logger_packages(cfg: DictConfig) -> None:
+    """A logger whose package is not installed stops at once, naming the extra to install."""
+    import importlib.util
+
+    for name, node in (cfg.get("logger") or {}).items():
+        target = str((node or {}).get("_target_", "")).rsplit(".", 1)[-1]
+        if target in LOGGER_EXTRAS:
+            package, extra = LOGGER_EXTRAS[target]
+            if importlib.util.find_spec(package) is None:
+                raise ModuleNotFoundError(f"logger={name} needs the {package} package: pip install -e '.[{extra}]' "
+                                          f"(or choose logger=csv)")
+
+
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
+    check_logger_packages(cfg)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     for logger in loggers:

@@ -72,3 +72,30 @@ def test_a_command_refused_before_any_work_leaves_no_run_directory(tmp_path):
     runs = tmp_path / "logs" / "train" / "runs"
     assert not runs.exists() or list(runs.iterdir()) == []
     assert not (tmp_path / "data").exists()  # nor any generated data
+
+
+def test_an_optional_logger_without_its_package_names_the_extra(tmp_path, monkeypatch):
+    """wandb and tensorboard are extras: a logger whose package is missing says which to install."""
+    import importlib.util
+
+    from issf.app import build
+    from tests.conftest import compose_cfg
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ModuleNotFoundError, match=r"logger=wandb needs the wandb package: pip install -e '\.\[wandb\]'"):
+        build.build_trainer(compose_cfg(tmp_path, "experiment=smoke", "logger=wandb"))
+    build.check_logger_packages(compose_cfg(tmp_path, "experiment=smoke", "logger=csv"))  # the default needs none
+
+
+def test_the_core_install_declares_what_it_imports_and_keeps_loggers_optional():
+    import tomllib
+
+    from tests.reference import ROOT
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = {d.split(">")[0].split("=")[0].split("[")[0].lower() for d in project["dependencies"]}
+    assert "pyyaml" in core and "wandb" not in core and "tensorboard" not in core
+    extras = project["optional-dependencies"]
+    assert any(d.startswith("wandb") for d in extras["wandb"]) and any(d.startswith("tensorboard") for d in extras["tensorboard"])
+    assert "issf[wandb,tensorboard,slurm]" in extras["dev"]
