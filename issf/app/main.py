@@ -20,7 +20,7 @@ from issf.app.ddp import launching_process, patch_ddp_launcher
 from issf.app.overrides import wandb_identity
 from issf.app.run_dir import claim_directory, remove_unused_claims, resume_directory, run_directory_lock
 from issf.app.schema import register_schemas
-from issf.app.tasks import TASKS, exit_on_sigterm, finish_wandb
+from issf.app.tasks import TASKS, exit_on_sigterm, finish_wandb, preflight
 from issf.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -45,13 +45,6 @@ register_schemas()
 _WRITING = False
 
 
-def provenance_checks(cfg: DictConfig) -> None:
-    """:func:`issf.app.tasks.preflight` (what a task checks before it needs the data)."""
-    from issf.app.tasks import preflight
-
-    preflight(cfg)
-
-
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
@@ -71,7 +64,7 @@ def main(cfg: DictConfig) -> float | None:
         if hc.mode == RunMode.MULTIRUN:
             cfg.logger.wandb.group = cfg.logger.wandb.group or Path(hc.sweep.dir).name  # one W&B group per sweep
     global _WRITING
-    provenance_checks(cfg)  # nonsense values, an unusable or changed-config resume: before anything is written
+    preflight(cfg)  # nonsense values, an unusable or changed-config resume: before anything is written
     with run_directory_lock(output_dir):
         _WRITING = True
         with atomic_write(output_dir / "config_resolved.yaml", "w") as f:

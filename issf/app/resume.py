@@ -90,11 +90,13 @@ def check_resume_config(checkpoint: dict[str, Any], ckpt_path: str, new: dict[st
     return {"resume_changes": {k: [v[0], v[1]] for k, v in changed.items()}}
 
 
-def resume_provenance(cfg: DictConfig) -> dict[str, Any]:
+def resume_provenance(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """For ``task=train ckpt_path=...``: read the checkpoint (an unusable file is an error naming it)
-    and compare its run config with ``cfg`` (:func:`check_resume_config`)."""
+    and compare its run config with ``cfg`` (:func:`check_resume_config`); returns what metrics.json
+    records and the checkpoint, so that it is read once."""
     from issf.app.build import plain_config
     from issf.train.checkpoints import read_checkpoint
 
     checkpoint = read_checkpoint(cfg.ckpt_path)
-    return check_resume_config(checkpoint, cfg.ckpt_path, plain_config(cfg), str(cfg.get("resume_changes", "refuse")))
+    return check_resume_config(checkpoint, cfg.ckpt_path, plain_config(cfg),
+                               str(cfg.get("resume_changes", "refuse"))), checkpoint

@@ -29,35 +29,35 @@ def exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(SIGTERM_EXIT_CODE)
 
 
-def preflight(cfg: DictConfig) -> dict[str, Any]:
+def preflight(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The checks of ``task=train`` / ``task=eval`` that need no data: every value in range
     (:func:`validate_config`) and, for a resume, a usable checkpoint trained with the same settings
     (:mod:`issf.app.resume`). :func:`issf.app.main.main` runs them before it writes anything into
-    the run directory. Returns what metrics.json records about the resume."""
+    the run directory. Returns what metrics.json records about the resume, and the resumed
+    checkpoint (None without one)."""
     if cfg.get("task") not in ("train", "eval"):
-        return {}
+        return {}, None
     validate_config(cfg)
     if cfg.task == "train" and cfg.get("ckpt_path"):
         from issf.app.resume import resume_provenance
 
         return resume_provenance(cfg)
-    return {}
+    return {}, None
 
 
 def task_train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from issf.train.checkpoints import check_checkpoint_fits, check_feature_identity, read_checkpoint
+    from issf.train.checkpoints import check_checkpoint_fits, check_feature_identity
     from issf.train.pipeline import fit_and_test
 
-    provenance = preflight(cfg)
+    provenance, checkpoint = preflight(cfg)
     configure_cpu()
     pl.seed_everything(cfg.seed, workers=True)
     ensure_data(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
-    if cfg.get("ckpt_path"):
-        checkpoint = read_checkpoint(cfg.ckpt_path)
+    if checkpoint is not None:
         check_checkpoint_fits(checkpoint, cfg.ckpt_path, module.hparams.num_classes, module.hparams.input_dim)
         provenance.update(check_feature_identity(
             checkpoint["hyper_parameters"].get("feature_checksum"), cfg.ckpt_path, datamodule.file.checksum,
