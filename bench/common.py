@@ -49,10 +49,17 @@ def _figures(entry: dict) -> dict[str, tuple[float, str]]:
     return figures
 
 
+def hardware(machine: str) -> str:
+    """The part of a :func:`machine` string that decides speed: processor and CPU count (the host
+    name and the kernel build change between sessions on the same hardware)."""
+    fields = machine.split(" | ")
+    return " | ".join(fields[1:3]) if len(fields) == 4 else machine
+
+
 def regressions(entry: dict, history: list[dict], tolerance: float = SLOWDOWN) -> list[str]:
     """One line per figure of ``entry`` more than ``tolerance`` worse than the best earlier record of
-    the same case on the same machine (``CASE_KEYS``; records of other machines never compare)."""
-    same = [h for h in history if h.get("machine") == entry.get("machine")
+    the same case on the same hardware (``CASE_KEYS`` and :func:`hardware`; other processors never compare)."""
+    same = [h for h in history if hardware(h.get("machine", "")) == hardware(entry.get("machine", ""))
             and all(h.get(k) == entry.get(k) for k in CASE_KEYS)]
     lines = []
     for name, (value, direction) in _figures(entry).items():

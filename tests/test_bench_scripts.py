@@ -130,3 +130,12 @@ def test_a_slowed_case_is_flagged_against_the_best_earlier_record(tmp_path, caps
     history = [{**throughput, "value": 100.0, "machine": "m"}]
     assert common.regressions({**throughput, "value": 80.0, "machine": "m"}, history)  # throughput fell 20%
     assert not common.regressions({**throughput, "value": 120.0, "machine": "m"}, history)
+
+
+def test_records_compare_across_kernel_builds_of_the_same_hardware_only():
+    base = {"benchmark": "train_epoch", "case": "c", "cpu_seconds_per_epoch": 25.0,
+            "machine": "vm | AMD EPYC | 2 cpus | Linux 6.18.44-fc-v857"}
+    later = {**base, "cpu_seconds_per_epoch": 40.0, "machine": "vm2 | AMD EPYC | 2 cpus | Linux 6.18.44-fc-v1300"}
+    other_cpu = {**later, "machine": "vm | Intel(R) Xeon(R) Processor | 2 cpus | Linux 6.18.44-fc-v657"}
+    assert common.regressions(later, [base])  # the same processor in another session: compared
+    assert common.regressions(other_cpu, [base]) == []  # another processor: never
