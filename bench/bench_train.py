@@ -57,7 +57,7 @@ def run_epoch(
     for batch in loader:
         x, mask, y = (batch[k].to(device, non_blocking=True) for k in ("features", "mask", "labels"))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            terms, _ = net.losses(x, mask, y, epoch)
+            terms, _ = net.losses(x, mask, y, epoch, lengths=batch["host_lengths"], classes=batch["host_classes"])
         opt.zero_grad(set_to_none=True)
         terms["total"].sum().backward()
         opt.step()

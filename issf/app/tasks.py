@@ -16,7 +16,7 @@ from issf.app.build import build_datamodule, build_module, build_trainer, ensure
 from issf.app.ddp import teardown_ddp_children
 from issf.app.overrides import command_overrides, evaluation_overrides, sweep_jobs, use_checkpoint_data
 from issf.app.run_dir import carry_history
-from issf.train.runtime import configure_cpu
+from issf.train.runtime import configure_for
 from issf.utils.commands import override_arg, run_command
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def task_train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     from issf.train.pipeline import fit_and_test
 
     provenance, checkpoint = preflight(cfg)
-    configure_cpu()
+    configure_for(str(cfg.trainer.get("accelerator", "cpu")))
     pl.seed_everything(cfg.seed, workers=True)
     ensure_data(cfg)
     datamodule = build_datamodule(cfg)
@@ -95,7 +95,7 @@ def task_eval(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if not cfg.get("ckpt_path"):
         raise ValueError("task=eval needs ckpt_path=<checkpoint>, predictions=<run>/predictions.h5 or "
                          "detections=<results.json>")
-    configure_cpu()
+    configure_for(str(cfg.trainer.get("accelerator", "cpu")))
     trainer = build_trainer(cfg)
     return evaluate_checkpoint(cfg.ckpt_path, trainer, datamodule, output_dir, evaluation_overrides(cfg), allow)
 

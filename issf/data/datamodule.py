@@ -79,6 +79,10 @@ def collate_videos(items: Sequence[dict]) -> dict:
         "scale": torch.tensor([it["original_length"] / len(it["features"]) for it in items], dtype=torch.float64),
         "labels": torch.stack([it["labels"] for it in items]),
         "index": torch.tensor([it["index"] for it in items]),
+        # host copies, read before the batch moves to a device: the training step needs no host
+        # synchronisation to learn them (docs/framework.md, "Host synchronisations")
+        "host_lengths": tuple(int(n) for n in lengths),
+        "host_classes": [np.flatnonzero(it["labels"].numpy() > 0).tolist() for it in items],
     }
 
 

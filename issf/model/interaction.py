@@ -93,9 +93,17 @@ class InteractionUnit(nn.Module):
             return features
         return features + torch.softmax(self.mlp(features).float(), dim=-1).to(features.dtype) * features
 
-    def forward(self, features: torch.Tensor, member: torch.Tensor, packing: Packing, weight: float = 1.0) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, member: torch.Tensor, packing: Packing, weight: float = 1.0,
+        counts: tuple[int, ...] | None = None,
+    ) -> torch.Tensor:
         """Refined packed features [S, D], times ``weight``: every snippet attends over the members
         ([B, T] bool) of its video's set. The gate runs once on all members of the batch; the
-        attention runs video by video, so that its quadratic cost is never spent on padding."""
-        keys = self.enhance(features[packing.pack(member)])
-        return packed_attention(features, keys, packing.lengths, tuple(member.sum(1).tolist()), weight)
+        attention runs video by video, so that its quadratic cost is never spent on padding.
+        ``counts``: members per video, when the caller has read them to the host already."""
+        if counts is None:
+            counts = tuple(member.sum(1).tolist())
+        # a boolean index would read the member count from the device; the count is known here
+        rows = torch.nonzero_static(packing.pack(member), size=sum(counts)).flatten()
+        keys = self.enhance(features.index_select(0, rows))
+        return packed_attention(features, keys, packing.lengths, counts, weight)

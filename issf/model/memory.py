@@ -36,21 +36,50 @@ class SalientMemory(nn.Module):
         return self.slots[idx].reshape(-1, self.slots.shape[-1]).detach()
 
     @torch.no_grad()
-    def update(self, features: torch.Tensor, class_scores: torch.Tensor, classes: Sequence[int], epoch: int) -> None:
+    def update(
+        self, features: torch.Tensor, class_scores: torch.Tensor, classes: Sequence[int], epoch: int,
+        member: torch.Tensor | None = None,
+    ) -> None:
         """Insert candidates ``features`` [n, D] into each row ``c`` of ``classes``, ranked by
-        their score column ``class_scores[:, c]`` ([n, >= c + 1])."""
-        if features.shape[0] == 0:
+        their score column ``class_scores[:, c]`` ([n, >= c + 1]).
+
+        ``member`` ([n] bool) marks the rows that are candidates; the others rank last (score
+        -inf) and never displace a slot, since the N stored slots always rank above them. The
+        result equals inserting ``features[member]`` (stable order), without the boolean
+        selection's host synchronisation on accelerators.
+        """
+        if member is None and features.shape[0] == 0:
             return
         features = features.detach().to(self.slots.dtype)
         class_scores = class_scores.detach().to(self.scores.dtype)
         n = self.slots.shape[1]
+        any_member = None if member is None else member.any()
         for c in classes:
+            column = class_scores[:, c]
+            if member is not None:
+                column = column.masked_fill(~member, float("-inf"))
             pool_feat = torch.cat([self.slots[c], features])
-            pool_score = torch.cat([self.scores[c], class_scores[:, c]])
+            pool_score = torch.cat([self.scores[c], column])
             top = torch.argsort(pool_score, descending=True, stable=True)[:n]
             if epoch > self.ema_epoch:
                 m = ema_momentum(epoch, self.schedule_epochs)
-                self.slots[c] = m * self.slots[c] + (1.0 - m) * pool_feat[top]
+                slots = m * self.slots[c] + (1.0 - m) * pool_feat[top]
             else:
-                self.slots[c] = pool_feat[top]
-            self.scores[c] = pool_score[top]
+                slots = pool_feat[top]
+            scores = pool_score[top]
+            if any_member is not None:  # no candidate: the row stays as it was (no EMA of itself)
+                slots = torch.where(any_member, slots, self.slots[c])
+                scores = torch.where(any_member, scores, self.scores[c])
+            self.slots[c] = slots
+            self.scores[c] = scores
+
+    def is_initialized(self) -> bool:
+        """Whether the initialisation pass has filled the memory. Once true, answered on the host
+        (``initialized`` only ever turns true in a run), so training steps do not read it from the device."""
+        if not getattr(self, "_known_initialized", False):
+            self._known_initialized = bool(self.initialized)
+        return self._known_initialized
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        self._known_initialized = False  # a loaded state may be uninitialised
+        super()._load_from_state_dict(*args, **kwargs)

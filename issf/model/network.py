@@ -8,6 +8,7 @@ its own rows, so that a batch gives the same per-video outputs as one video at a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +34,22 @@ class ForwardOutput:
     salient: torch.Tensor | None = None  # [B, T] salient indicator
     candidates: torch.Tensor | None = None  # [S, D] features the memory would store (packed)
     candidate_scores: torch.Tensor | None = None  # [S, C+1] their class scores (packed)
-    memory_updates: list = field(default_factory=list)  # (features, scores, classes) applied this step
+    memory_writes: list[MemoryWrite] = field(default_factory=list)  # memory updates applied this step
+
+    @property
+    def memory_updates(self) -> list[tuple[torch.Tensor, torch.Tensor, list[int]]]:
+        """(candidate features, their scores, memory rows) of each update applied this step."""
+        return [(w.features[w.member], w.scores[w.member], w.rows) for w in self.memory_writes]
+
+
+@dataclass
+class MemoryWrite:
+    """One video's memory update: all its snippets, ``member`` marking the salient candidates."""
+
+    features: torch.Tensor  # [T, D]
+    scores: torch.Tensor  # [T, columns] ranking scores
+    rows: list[int]  # memory rows written
+    member: torch.Tensor  # [T] bool
 
 
 class ISSF(nn.Module):
@@ -53,9 +69,11 @@ class ISSF(nn.Module):
             )
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> ForwardOutput:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, lengths: Sequence[int] | None = None) -> ForwardOutput:
+        """``lengths``: the videos' valid snippets as host integers (from the data loader), which
+        spares reading them from the device; see docs/framework.md, "Host synchronisations"."""
         cfg = self.cfg
-        packing = Packing.from_mask(mask)
+        packing = Packing.from_mask(mask, lengths)
         hidden, features = self.embedding(packing.pack(x))
         out = ForwardOutput(base=self.head(features, packing), packing=packing)
         if not cfg.saliency:
@@ -64,9 +82,13 @@ class ISSF(nn.Module):
         diff = packing.pad(packed_differences(source.detach().float(), packing))
         salient = select_salient(diff, mask, cfg.saliency_ratio, cfg.compat.wrap_last, cfg.compat.saliency_skip_first)
         # F~ = (1 - lamb) F_s + lamb F_ns (F_ns = 0 without the non-salient branch)
-        fused = self.salient_unit(features, salient, packing, weight=1.0 - cfg.lamb)
+        # the step's one host synchronisation: the salient sets' sizes are data-dependent, and the
+        # attention's per-video key blocks (and the non-salient sets' sizes) follow from them
+        counts = tuple(salient.sum(1).tolist())
+        fused = self.salient_unit(features, salient, packing, weight=1.0 - cfg.lamb, counts=counts)
         if cfg.non_salient_branch:
-            fused = fused + self.non_salient_unit(features, mask & ~salient, packing, weight=cfg.lamb)
+            others = tuple(n - k for n, k in zip(packing.lengths, counts))
+            fused = fused + self.non_salient_unit(features, mask & ~salient, packing, weight=cfg.lamb, counts=others)
         out.saliency = self.head(fused, packing)
         out.fused, out.differences, out.salient = fused, diff, salient
         if cfg.memory:
@@ -76,16 +98,20 @@ class ISSF(nn.Module):
                 out.candidate_scores = torch.softmax(self.head.snippet_logits(out.candidates), dim=-1)
         return out
 
-    def _salient_candidates(self, out: ForwardOutput) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per video: the salient candidate features and their class scores."""
+    def _salient_candidates(self, out: ForwardOutput) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per video: all snippet features, their class scores, and the salient indicator [T]."""
         packing = out.packing
         member = packing.split(packing.pack(out.salient))
         feats, scores = packing.split(out.candidates), packing.split(out.candidate_scores)
-        return [(f[m], s[m]) for f, s, m in zip(feats, scores, member)]
+        return list(zip(feats, scores, member))
 
     # ------------------------------------------------------------------ memory
     @staticmethod
-    def _label_classes(labels: torch.Tensor) -> list[list[int]]:
+    def _label_classes(labels: torch.Tensor, classes: list[list[int]] | None = None) -> list[list[int]]:
+        """Each video's ground-truth classes; ``classes`` (host, from the data loader) spares
+        reading them from the device."""
+        if classes is not None:
+            return [list(c) for c in classes]
         return [torch.nonzero(row > 0).flatten().tolist() for row in labels]
 
     @property
@@ -127,21 +153,22 @@ class ISSF(nn.Module):
         return scores, rows
 
     def memory_branch(
-        self, out: ForwardOutput, labels: torch.Tensor, epoch: int, update: bool = True
+        self, out: ForwardOutput, labels: torch.Tensor, epoch: int, update: bool = True,
+        classes: list[list[int]] | None = None,
     ) -> BranchOutput:
         """Read the memory with the refined features, video by video in batch order, updating it
         after each video (the official per-video order, B13); head over the read features."""
         assert out.fused is not None and out.candidates is not None
         keys, counts = [], []
         candidates = self._salient_candidates(out) if update else []
-        for b, classes in enumerate(self._label_classes(labels)):
-            keys.append(self.memory.read(self._read_rows(classes)).float())  # a copy: later updates do not change it
+        for b, video_classes in enumerate(self._label_classes(labels, classes)):
+            keys.append(self.memory.read(self._read_rows(video_classes)).float())  # a copy: later updates do not change it
             counts.append(len(keys[-1]))
             if update:
-                feats, scores = candidates[b]
-                scores, rows = self._write_args(scores, classes)
-                self.memory.update(feats, scores, rows, epoch)
-                out.memory_updates.append((feats, scores, rows))
+                feats, scores, member = candidates[b]
+                scores, rows = self._write_args(scores, video_classes)
+                self.memory.update(feats, scores, rows, epoch, member=member)
+                out.memory_writes.append(MemoryWrite(feats, scores, rows, member))
         read = packed_attention(out.fused, torch.cat(keys), out.packing.lengths, tuple(counts))
         if self.cfg.memory_residual:
             read = read + out.fused
@@ -151,20 +178,23 @@ class ISSF(nn.Module):
     def insert_into_memory(self, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, epoch: int) -> None:
         """Initialisation pass (call in eval mode): salient features into each video's GT classes."""
         out = self.forward(x, mask)
-        for (feats, scores), classes in zip(self._salient_candidates(out), self._label_classes(labels)):
-            self.memory.update(feats, *self._write_args(scores, classes, init=True), epoch)
+        for (feats, scores, member), classes in zip(self._salient_candidates(out), self._label_classes(labels)):
+            self.memory.update(feats, *self._write_args(scores, classes, init=True), epoch, member=member)
 
     def memory_active(self, epoch: int) -> bool:
-        return self.cfg.memory and epoch >= self.cfg.memory_start_epoch and bool(self.memory.initialized)
+        return self.cfg.memory and epoch >= self.cfg.memory_start_epoch and self.memory.is_initialized()
 
     # ------------------------------------------------------------------ training objective
     def losses(
-        self, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, epoch: int, update_memory: bool = True
+        self, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, epoch: int, update_memory: bool = True,
+        lengths: Sequence[int] | None = None, classes: list[list[int]] | None = None,
     ) -> tuple[dict[str, torch.Tensor], ForwardOutput]:
-        """Per-video loss terms (each [B]) and the forward output; ``total`` is the training loss."""
+        """Per-video loss terms (each [B]) and the forward output; ``total`` is the training loss.
+        ``lengths`` and ``classes`` (each video's ground-truth classes), as host values from the
+        data loader, spare reading them from the device."""
         cfg = self.cfg
         labels = labels.float()
-        out = self.forward(x, mask)
+        out = self.forward(x, mask, lengths)
         fg, bg = video_targets(labels)
         loss_fg = nce(out.base.video_fg, fg)
         loss_bg = nce(out.base.video_bg, bg)
@@ -177,7 +207,7 @@ class ISSF(nn.Module):
         if cfg.memory and epoch >= cfg.memory_start_epoch:
             w_pl = cfg.w_pl_memory
         if self.memory_active(epoch):
-            mem = self.memory_branch(out, labels, epoch, update=update_memory)
+            mem = self.memory_branch(out, labels, epoch, update=update_memory, classes=classes)
             loss_fg = loss_fg + cfg.w_memory * nce(mem.video_fg, fg)
             loss_bg = loss_bg + cfg.w_memory * nce(mem.video_bg, bg)
         terms["fg"] = loss_fg

@@ -46,9 +46,10 @@ def select_salient(
     selected = (ranks < k[:, None]) & mask
     salient = selected.clone()
     salient[:, :-1] |= selected[:, 1:]
-    if wrap_last:
-        rows = torch.nonzero(selected[:, 0], as_tuple=True)[0]
-        salient[rows, lengths[rows] - 1] = True
+    if wrap_last:  # integer indices, no boolean selection of rows (no host synchronisation)
+        rows = torch.arange(len(lengths), device=diff.device)
+        last = (lengths - 1).clamp_(min=0)
+        salient[rows, last] |= selected[:, 0]
     return salient & mask
 
 

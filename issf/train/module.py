@@ -142,7 +142,8 @@ class ISSFModule(pl.LightningModule):
         epoch = self.current_epoch
         syncing = self.net.memory_active(epoch) and self.trainer.world_size > 1
         snapshot = (self.net.memory.slots.clone(), self.net.memory.scores.clone()) if syncing else None
-        terms, out = self.net.losses(batch["features"], batch["mask"], batch["labels"], epoch)
+        terms, out = self.net.losses(batch["features"], batch["mask"], batch["labels"], epoch,
+                                     lengths=batch.get("host_lengths"), classes=batch.get("host_classes"))
         if syncing:
             self._replay_memory_updates(snapshot, out.memory_updates, epoch)
         size = len(batch["features"])
@@ -174,7 +175,7 @@ class ISSFModule(pl.LightningModule):
         was_training = self.net.training
         self.net.eval()
         for batch in self.trainer.datamodule.memory_init_dataloader():
-            batch = {k: v.to(self.device) for k, v in batch.items()}
+            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             self.net.insert_into_memory(batch["features"], batch["mask"], batch["labels"], self.current_epoch)
         self.net.memory.initialized.fill_(True)
         self.net.train(was_training)

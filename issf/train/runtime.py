@@ -1,4 +1,4 @@
-"""Process-wide CPU settings that make training fast; applied when a network is built."""
+"""Process-wide CPU settings that make training fast; applied by the tasks when the network runs on the CPU."""
 
 from __future__ import annotations
 
@@ -38,3 +38,19 @@ def configure_cpu() -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, -1)  # -1 reads as SIZE_MAX: never trim
     except (OSError, AttributeError):  # not glibc: keep the allocator's defaults
         pass
+
+
+def trains_on_cpu(accelerator: str) -> bool:
+    """Whether Lightning's ``trainer.accelerator`` setting puts the network on the CPU."""
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()
+                                    and not (hasattr(torch, "xpu") and torch.xpu.is_available())
+                                    and not torch.backends.mps.is_available())
+
+
+def configure_for(accelerator: str) -> bool:
+    """Apply :func:`configure_cpu` only when training or evaluating on the CPU (its settings are
+    process-wide and buy nothing for a network on an accelerator); returns whether it did."""
+    if not trains_on_cpu(accelerator):
+        return False
+    configure_cpu()
+    return True
