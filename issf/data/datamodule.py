@@ -8,7 +8,9 @@ seed, so temporal sampling is deterministic whatever the number of DataLoader wo
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -18,6 +20,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from issf.data.annotations import GroundTruth
 from issf.data.h5 import FeatureFile
+
+log = logging.getLogger(__name__)
 
 
 def sample_indices(length: int, target: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -181,6 +185,25 @@ def check_datamodule_settings(
         raise ValueError(f"{key}num_workers: must be an integer >= 0, got {num_workers!r}")
 
 
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under ``taskset`` or a Slurm
+    allocation; the machine's count where the platform has no affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def capped_workers(num_workers: int) -> int:
+    """``num_workers`` capped at the available cores: more worker processes than cores only
+    compete for them (and make torch warn about it at every loader)."""
+    cpus = available_cpus()
+    if num_workers > cpus:
+        log.info(f"data.datamodule.num_workers={num_workers} capped at {cpus}, the CPU cores available")
+        return cpus
+    return num_workers
+
+
 class FeatureDataModule(pl.LightningDataModule):
     """Train/test loaders over one feature file; optional validation split carved from train."""
 
@@ -208,7 +231,7 @@ class FeatureDataModule(pl.LightningDataModule):
         self.val_fraction = val_fraction
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
+        self.num_workers = capped_workers(num_workers)
         self.bucket = bucket
         self.train_sample_length = train_sample_length
         self.test_sample_length = test_sample_length
@@ -292,7 +315,10 @@ class FeatureDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        loader = self._loader("train", True, self.batch_size)
+        # Lightning's overfit_batches needs the same batches every epoch (it stops shuffling only
+        # for samplers it knows)
+        overfit = self.trainer is not None and self.trainer.overfit_batches > 0
+        loader = self._loader("train", not overfit, self.batch_size)
         if len(loader.batch_sampler) == 0:
             raise ValueError(f"{self.path}: no training batch (subsets {self.train_subsets}, "
                              f"val_fraction {self.val_fraction}, batch_size {self.batch_size})")

@@ -68,4 +68,4 @@ class LogHistoryOnResume(pl.Callback):
             return
         for logger in trainer.loggers:
             if hasattr(logger, "keep_epochs_before"):
-                logger.keep_epochs_before(trainer.current_epoch)
+                logger.keep_epochs_before(trainer.current_epoch, step=trainer.global_step)

@@ -46,14 +46,23 @@ class _AppendingWriter(ExperimentWriter):
             writer.writeheader()
             writer.writerows(rows)
 
-    def keep_epochs_before(self, epoch: int) -> int:
-        """Drop logged rows of ``epoch`` and later (a resumed run logs them again); returns how many."""
+    def keep_epochs_before(self, epoch: int, step: int | None = None) -> int:
+        """Drop logged rows of ``epoch`` and later (a resumed run logs them again); returns how many.
+        Rows without an epoch, logged straight to the logger with a step by a callback (Lightning's
+        LearningRateMonitor), are kept when their step is below ``step``, the checkpoint's."""
+
+        def logged_before(row: dict[str, str]) -> bool:
+            if row.get("epoch") in (None, ""):
+                return step is not None and row.get("step") not in (None, "") and float(row["step"]) < step
+            return float(row["epoch"]) < epoch
+
         self.save()
         keys, rows = _read_rows(self.metrics_file_path)
         if not rows:
             return 0
-        kept = [r for r in rows if r.get("epoch") not in (None, "") and float(r["epoch"]) < epoch]
-        if epoch > 0 and not any(float(r["epoch"]) == epoch - 1 and _has_training_values(r) for r in kept):
+        kept = [r for r in rows if logged_before(r)]
+        if epoch > 0 and not any(r.get("epoch") not in (None, "") and float(r["epoch"]) == epoch - 1
+                                 and _has_training_values(r) for r in kept):
             # Lightning writes an epoch's training row just after the epoch's checkpoint: a kill in
             # those milliseconds loses the row (the resumed run cannot log it again)
             warnings.warn(f"{self.metrics_file_path}: no training row for epoch {epoch - 1}, the last one "
@@ -80,5 +89,5 @@ class ResumableCSVLogger(CSVLogger):
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
 
-    def keep_epochs_before(self, epoch: int) -> int:
-        return self.experiment.keep_epochs_before(epoch)
+    def keep_epochs_before(self, epoch: int, step: int | None = None) -> int:
+        return self.experiment.keep_epochs_before(epoch, step)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,10 @@ from issf.utils.io import tagged_file
 # names of the test of the best checkpoint, by the split it was selected on
 SELECTED_ON_VALIDATION = "test_val_selected"
 SELECTED_ON_TEST = "test_best_on_test"
+
+# builds the optimizer from the parameters, e.g. ``functools.partial(torch.optim.AdamW, lr=1e-4)``
+# (what Hydra makes of a ``_partial_: true`` config such as conf/model/issf.yaml's ``optimizer``)
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
 def selected_checkpoint_tag(datamodule: Any) -> str:
@@ -44,6 +49,8 @@ class ISSFModule(pl.LightningModule):
 
     The batch loss is the SUM of per-video losses, so one Adam step on B videos equals the official
     accumulation of B single-video steps (coupled L2 weight decay; B14 in docs/released_code.md).
+    ``optimizer`` is either a factory (parameters -> optimizer) or the settings of that Adam
+    (``lr``, ``betas``, ``eps``, ``weight_decay``, ``fused``; defaults: the paper's).
     """
 
     def __init__(
@@ -51,7 +58,7 @@ class ISSFModule(pl.LightningModule):
         num_classes: int,
         input_dim: int,
         network: dict[str, Any] | None = None,
-        optimizer: dict[str, Any] | None = None,
+        optimizer: OptimizerFactory | dict[str, Any] | None = None,
         evaluation: dict[str, Any] | None = None,
         class_names: list[str] | None = None,
         snippet_seconds: float = 16 / 25,
@@ -59,10 +66,14 @@ class ISSFModule(pl.LightningModule):
         feature_checksum: str | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        # a factory is no hyper-parameter a checkpoint can hold (it is code; its settings are in
+        # run_config); plain settings are kept
+        self.save_hyperparameters(ignore=["optimizer"] if callable(optimizer) else None)
         self.net_cfg = ISSFConfig(num_classes=num_classes, input_dim=input_dim, **(network or {}))
         self.net = ISSF(self.net_cfg)
-        self.optim_cfg = {"lr": 5e-5, "betas": (0.9, 0.99), "weight_decay": 5e-4, **(optimizer or {})}
+        self.optimizer_factory = optimizer if callable(optimizer) else None
+        self.optim_cfg = {"lr": 5e-5, "betas": (0.9, 0.99), "weight_decay": 5e-4,
+                          **({} if callable(optimizer) else optimizer or {})}
         self.eval_cfg = EvaluationConfig(**(evaluation or {}))
         self.class_names = class_names or [f"class_{i}" for i in range(num_classes)]
         self.snippet_seconds = snippet_seconds
@@ -117,8 +128,10 @@ class ISSFModule(pl.LightningModule):
                 f"must be >= {2.0 / median:.3g} for these data, and <= 1")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        cfg = self.optim_cfg
         params = list(self.net.parameters())
+        if self.optimizer_factory is not None:
+            return self.optimizer_factory(params)
+        cfg = self.optim_cfg
         # one fused kernel per step instead of a dozen passes per parameter (5x faster on CPU)
         fused = bool(cfg.get("fused", True)) and all(p.device.type in ("cpu", "cuda") for p in params)
         return torch.optim.Adam(
@@ -130,12 +143,10 @@ class ISSFModule(pl.LightningModule):
         """The configured optimizer settings win over the ones a resumed checkpoint restored with the
         optimizer state (a resume with ``model.optimizer.lr=...`` and ``resume_changes=allow`` trains
         with the new lr; without a resume this changes nothing)."""
-        optimizers = self.optimizers()
-        for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
-            for group in optimizer.param_groups:
-                group["lr"] = self.optim_cfg["lr"]
-                group["betas"] = tuple(self.optim_cfg["betas"])
-                group["weight_decay"] = self.optim_cfg["weight_decay"]
+        configured = self.configure_optimizers()  # a fresh one: the configured settings, no state
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        for group, fresh in zip(optimizer.param_groups, configured.param_groups, strict=True):
+            group.update({key: value for key, value in fresh.items() if key != "params"})
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -147,7 +158,6 @@ class ISSFModule(pl.LightningModule):
         if syncing:
             self._replay_memory_updates(snapshot, out.memory_updates, epoch)
         size = len(batch["features"])
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, batch_size=size)
         for name, value in terms.items():
             self.log(f"train/loss_{name}", value.mean(), on_step=False, on_epoch=True, batch_size=size)
         return terms["total"].sum()

@@ -1,9 +1,12 @@
 """W&B offline: the logger config never goes online by default, and a smoke run's offline run
-directory holds the scalar metrics, the diagnostic images and the detections table."""
+directory holds the scalar metrics, the diagnostic images and the detections table (and, with
+logger.wandb.log_model=all, the best and the last checkpoint as artifacts)."""
 
 from __future__ import annotations
 
+import base64
 import faulthandler
+import hashlib
 import json
 import struct
 from collections.abc import Iterator
@@ -12,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from issf.app import overrides, tasks
+from issf.app.build import validate_config
 from issf.data.h5 import FeatureFile
 from issf.eval.detections import load_detections
 from issf.train.diagnostics import DETECTION_COLUMNS
 from tests.conftest import compose_cfg
+from tests.markers import requires_package
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -63,6 +68,7 @@ def test_logger_config_is_offline_by_default(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@requires_package("wandb")
 def test_offline_run_holds_metrics_images_and_tables(tmp_path, offline_env):
     cfg = compose_cfg(tmp_path, "experiment=smoke", "logger=wandb", "trainer.max_epochs=3",
                       "trainer.check_val_every_n_epoch=1", "callbacks.plots.num_videos=2")
@@ -144,3 +150,51 @@ def test_wandb_run_name_tags_and_flat_config(tmp_path, monkeypatch):
     assert flat["model.network.memory_read"] == "class0" and flat["data.evaluation.protocol"] == "wtalc"
     assert not any(isinstance(v, dict) for v in flat.values())
     assert not any(k.startswith(("data.synthetic", "data.prepare", "paths", "hydra")) for k in flat)
+
+
+def test_checkpoint_artifacts_need_a_run_that_is_not_offline(tmp_path, monkeypatch):
+    monkeypatch.delenv("ISSF_WANDB_OFFLINE", raising=False)
+    with pytest.raises(ValueError, match=r"logger\.wandb\.log_model=all: .* add logger\.wandb\.offline=false"):
+        validate_config(compose_cfg(tmp_path, "logger=wandb", "logger.wandb.log_model=all"))
+    validate_config(compose_cfg(tmp_path, "logger=wandb", "logger.wandb.log_model=all", "logger.wandb.offline=false"))
+
+
+def md5_base64(path: Path) -> str:
+    """The digest W&B gives a file of an artifact manifest."""
+    return base64.b64encode(hashlib.md5(path.read_bytes()).digest()).decode()
+
+
+@pytest.mark.slow
+@requires_package("wandb")
+def test_log_model_all_keeps_the_best_and_the_last_checkpoint_as_artifacts(tmp_path, offline_env):
+    """WANDB_MODE=offline (offline_env) with logger.wandb.offline=false: the artifacts are recorded
+    in the offline run, to be uploaded by `wandb sync`."""
+    cfg = compose_cfg(tmp_path, "experiment=smoke", "logger=wandb", "logger.wandb.log_model=all",
+                      "logger.wandb.offline=false", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=1",
+                      "callbacks.plots=null")
+    validate_config(cfg)
+    out = tmp_path / "out"
+    faulthandler.dump_traceback_later(240, exit=True)  # never hang the suite on a blocked W&B
+    try:
+        tasks.task_train(cfg, out)
+    finally:
+        import wandb
+
+        tasks.finish_wandb()
+        wandb.teardown()
+        faulthandler.cancel_dump_traceback_later()
+
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    (log_file,) = run_dir.glob("run-*.wandb")
+    latest = {}  # checkpoint file -> the digest of its last uploaded version
+    for record in wandb_records(log_file):
+        if record.WhichOneof("record_type") != "artifact":
+            continue
+        artifact = record.artifact
+        assert artifact.type == "model" and artifact.name == f"model-{run_dir.name.rsplit('-', 1)[1]}"
+        (entry,) = artifact.manifest.contents
+        latest[json.loads(artifact.metadata)["original_filename"]] = entry.digest
+    checkpoints = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
+    assert len(checkpoints) == 2 and "last.ckpt" in checkpoints  # the best one and the last one
+    for name in checkpoints:
+        assert latest.get(name) == md5_base64(out / "checkpoints" / name), name

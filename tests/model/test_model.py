@@ -15,11 +15,14 @@ from issf.model.memory import SalientMemory
 from issf.model.network import ISSF
 from issf.model.saliency import salient_mask, temporal_difference
 from tests.conftest import padded_batch
+from tests.markers import requires_gpu
 
 DIM, C = 24, 5
 LENGTHS = [1, 2, 3, 4, 37, 64, 300]
-# ISSF_TEST_DEVICE=cuda runs these tests on a GPU (bench/gpu_check.sh)
+# ISSF_TEST_DEVICE=cuda runs these tests on a GPU (bench/gpu_check.sh); skipped where there is none
 DEVICE = torch.device(os.environ.get("ISSF_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cuda":
+    pytestmark = requires_gpu
 
 
 def batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,7 +43,7 @@ def keyed(table: list[dict[str, str]]) -> list[tuple]:
 def resume(folder, epoch: int) -> ResumableCSVLogger:
     """A new process's logger whose training starts at ``epoch`` (the checkpoint's epoch + 1)."""
     logger = new_logger(folder)
-    trainer = SimpleNamespace(is_global_zero=True, current_epoch=epoch, loggers=[logger])
+    trainer = SimpleNamespace(is_global_zero=True, current_epoch=epoch, global_step=3 * epoch, loggers=[logger])
     LogHistoryOnResume().on_train_start(trainer, None)
     return logger
 
@@ -91,3 +91,28 @@ def test_a_lost_training_row_of_the_checkpoint_epoch_is_reported(tmp_path):
     with pytest.warns(UserWarning, match="no training row for epoch 3"):
         resume(tmp_path, 4)
     assert keyed(rows(tmp_path))[-1] == ("3", "30.0", "")
+
+
+def test_rows_logged_with_a_step_only_are_cut_back_by_step(tmp_path):
+    """Lightning's LearningRateMonitor logs ``lr-Adam`` straight to the logger at each epoch start
+    (step = the steps done before it, no epoch): a resume keeps those of the epochs before the
+    checkpoint's next one and drops the later ones, which the resumed run logs again."""
+
+    def log_with_lr(logger: ResumableCSVLogger, epochs) -> None:
+        for epoch in epochs:
+            logger.log_metrics({"lr-Adam": 0.1 * (epoch + 1)}, step=3 * epoch)
+            log_epochs(logger, [epoch])
+
+    def lr_rows(folder) -> list[tuple[str, str]]:
+        return [(r["step"], r["lr-Adam"]) for r in rows(folder) if r.get("lr-Adam")]
+
+    log_with_lr(new_logger(tmp_path), range(6))
+    straight = lr_rows(tmp_path)
+    assert len(straight) == 6
+    logger = resume(tmp_path, 3)  # last.ckpt of epoch 2: 9 steps done
+    assert lr_rows(tmp_path) == straight[:3]
+    log_with_lr(logger, range(3, 6))
+    assert lr_rows(tmp_path) == straight
+    log_with_lr(new_logger(tmp_path / "straight"), range(6))
+    assert rows(tmp_path) == rows(tmp_path / "straight")
+

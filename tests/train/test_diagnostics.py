@@ -22,6 +22,7 @@ from issf.train.diagnostics import (
     summary_rows,
 )
 from tests.conftest import compose_cfg
+from tests.markers import requires_package
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SNIP, T, C = 0.5, 40, 3
@@ -180,6 +181,7 @@ def test_only_global_zero_plots(tmp_path):
     assert not (tmp_path / "plots").exists()
 
 
+@requires_package("wandb")
 def test_wandb_images_and_tables(tmp_path):
     import wandb
 
@@ -229,6 +231,7 @@ def test_smoke_run_writes_plots(tmp_path):
     assert all(is_png(plots / n) for n in names)
 
 
+@requires_package("tensorboard")
 def test_tensorboard_gets_the_same_figures(tmp_path):
     from pytorch_lightning.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -10,9 +10,11 @@ import pytest
 
 from issf.app import tasks
 from tests.conftest import compose_cfg
+from tests.markers import requires_package
 
 
 @pytest.mark.slow
+@requires_package("tensorboard")
 def test_last_and_best_figures_have_distinct_names_in_csv_and_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -38,6 +40,7 @@ def test_last_and_best_figures_have_distinct_names_in_csv_and_tensorboard(tmp_pa
 
 
 @pytest.mark.slow
+@requires_package("wandb")
 def test_ddp_cpu_logs_like_a_single_process(tmp_path, offline_env):
     """trainer=ddp_cpu (two forked ranks): the same CSV columns and rows, the same metrics.json keys
     and epoch count as one process, and one non-empty W&B run with training, validation and both

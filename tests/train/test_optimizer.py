@@ -1,13 +1,18 @@
 """Optimizer wiring: the paper's Adam with coupled L2 weight decay and the recipe's betas and eps,
-checked against a hand-computed Adam step (not only by the class name)."""
+checked against a hand-computed Adam step (not only by the class name); the config's optimizer is a
+Hydra partial, so another torch.optim class is one override away."""
 
 from __future__ import annotations
 
+import functools
+
+import hydra
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from issf.app.build import validate_config
 from issf.train.module import ISSFModule
 from tests.conftest import compose_cfg
 
@@ -18,15 +23,22 @@ def module(optimizer: dict | None) -> ISSFModule:
     return ISSFModule(num_classes=2, input_dim=3, network=NETWORK, optimizer=optimizer)
 
 
+def configured_module(cfg) -> ISSFModule:
+    """The module as the app builds it from the composed config (issf.app.build.build_module)."""
+    return hydra.utils.instantiate(cfg.model, num_classes=2, input_dim=3, network=NETWORK)
+
+
 @pytest.mark.parametrize("experiment", ["thumos_full", "synthetic"])
 def test_the_recipe_optimizer_is_adam_with_its_betas_eps_and_coupled_weight_decay(tmp_path, experiment):
-    recipe = OmegaConf.to_container(compose_cfg(tmp_path, f"experiment={experiment}").model.optimizer, resolve=True)
+    cfg = compose_cfg(tmp_path, f"experiment={experiment}")
+    recipe = OmegaConf.to_container(cfg.model.optimizer, resolve=True)
     assert list(recipe["betas"]) == [0.9, 0.99] and recipe["weight_decay"] == 5e-4
     assert recipe.get("eps", 1e-8) == 1e-8
     if experiment == "thumos_full":
         assert recipe["lr"] == 5e-5
-    for optimizer, lr in ((recipe, recipe["lr"]), (None, 5e-5)):  # the recipe, and the module's own defaults
-        opt = module(optimizer).configure_optimizers()
+    # the recipe as the app builds it, and the library's own defaults (no Hydra)
+    for built, lr in ((configured_module(cfg), recipe["lr"]), (module(None), 5e-5)):
+        opt = built.configure_optimizers()
         assert type(opt) is torch.optim.Adam  # not AdamW: L2 decay through the gradient
         group = opt.param_groups[0]
         assert group["lr"] == lr and tuple(group["betas"]) == (0.9, 0.99)
@@ -68,3 +80,35 @@ def test_three_steps_equal_hand_computed_adam_with_coupled_weight_decay(fused):
     for i, (p, x) in enumerate(zip(params, start)):
         expected = reference_adam(x, [step[i] for step in grads], 0.01, (0.5, 0.75), 0.05, 0.3)
         np.testing.assert_allclose(p.detach().double().numpy(), expected, rtol=0, atol=2e-6)
+
+
+def test_another_optimizer_class_is_one_override_away(tmp_path):
+    cfg = compose_cfg(tmp_path, "experiment=smoke", "model.optimizer._target_=torch.optim.AdamW",
+                      "model.optimizer.lr=0.02")
+    validate_config(cfg)
+    built = configured_module(cfg)
+    opt = built.configure_optimizers()
+    assert type(opt) is torch.optim.AdamW
+    group = opt.param_groups[0]
+    assert group["lr"] == 0.02 and tuple(group["betas"]) == (0.9, 0.99) and group["weight_decay"] == 5e-4
+    assert "optimizer" not in built.hparams  # a factory is code: never a checkpoint's hyper-parameter
+    # an optimizer without betas: the options it does not take are dropped on the command line
+    sgd = ["experiment=smoke", "model.optimizer._target_=torch.optim.SGD", "+model.optimizer.momentum=0.5"]
+    with pytest.raises(ValueError, match=r"model\.optimizer\.betas: torch\.optim\.SGD takes no 'betas'.*"
+                                         r"~model\.optimizer\.betas"):
+        validate_config(compose_cfg(tmp_path, *sgd))
+    cfg = compose_cfg(tmp_path, *sgd, "~model.optimizer.betas")
+    validate_config(cfg)
+    opt = configured_module(cfg).configure_optimizers()
+    assert type(opt) is torch.optim.SGD and opt.param_groups[0]["momentum"] == 0.5
+    with pytest.raises(ValueError, match=r"model\.optimizer\._target_: 'torch\.optim\.Adamm' is not an importable"):
+        validate_config(compose_cfg(tmp_path, "experiment=smoke", "model.optimizer._target_=torch.optim.Adamm"))
+
+
+def test_the_library_takes_an_optimizer_factory_or_plain_settings():
+    factory = functools.partial(torch.optim.SGD, lr=0.3)
+    opt = module(factory).configure_optimizers()
+    assert type(opt) is torch.optim.SGD and opt.param_groups[0]["lr"] == 0.3
+    opt = module({"lr": 0.2}).configure_optimizers()
+    assert type(opt) is torch.optim.Adam and opt.param_groups[0]["lr"] == 0.2
+    assert module({"lr": 0.2}).hparams["optimizer"] == {"lr": 0.2}  # plain settings stay hyper-parameters
