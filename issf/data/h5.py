@@ -13,10 +13,15 @@ Layout (schema version 1)::
     /segments/label        int16 [S]
     /ambiguous/bounds      float64 [A, 2] seconds
     /ambiguous/video       int32 [A]
-    attrs: schema_version, classes, snippet_seconds, feature_name, feature_dim, source, checksum
+    attrs: schema_version, classes, snippet_seconds, feature_name, feature_dim, source, checksum,
+           labelled (bool; absent in files written before it: labelled)
 
 ``/segments`` and ``/ambiguous`` are groups (an HDF5 dataset cannot hold children), so the
 interval arrays live in ``bounds`` beside their index arrays.
+
+An unlabelled file (``labelled`` false: features prepared with ``data.prepare.annotations=none``
+for ``task=predict``) has no classes (``classes`` is ``[]``, ``video/labels`` is [V, 0]), empty
+``/segments`` and ``/ambiguous``, and durations taken from the source or as T * snippet_seconds.
 """
 
 from __future__ import annotations
@@ -69,15 +74,19 @@ def write_feature_file(
     dtype: str = "float32",
     overwrite: bool = False,
     extra_attrs: dict[str, Any] | None = None,
+    labelled: bool = True,
 ) -> Path:
     """Stream videos into ``path``; the file appears only when it is complete.
 
     Features are appended video by video (memory stays at one video); the file is written to a
     temporary name next to ``path`` and renamed into place at the end, so an error or an
     interruption never leaves a partial file behind. A SHA-256 of features and annotations is
-    stored in the ``checksum`` attribute.
+    stored in the ``checksum`` attribute. ``labelled=False`` marks a file without annotations
+    (``class_names`` empty, no segments or ambiguous intervals).
     """
     path = Path(path)
+    if not labelled and class_names:
+        raise ValueError(f"{path}: an unlabelled feature file has no classes, got {len(class_names)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_temporaries(path.parent, path.name):  # also when the write is refused
         log.warning(f"removed {stale}, left by an interrupted process")
@@ -157,6 +166,7 @@ def write_feature_file(
             f.attrs["feature_dim"] = int(feats.shape[1])
             f.attrs["source"] = json.dumps(source, default=str)
             f.attrs["checksum"] = "sha256:" + digest.hexdigest()
+            f.attrs["labelled"] = bool(labelled)
             for k, val in (extra_attrs or {}).items():
                 f.attrs[k] = json.dumps(val, default=str)
         os.replace(tmp, path)
@@ -177,6 +187,16 @@ def _ensure_space(tmp: Path, nbytes: int, path: Path, video_id: str) -> None:
     if free < nbytes + SPACE_MARGIN_BYTES:
         raise OSError(errno.ENOSPC, f"not enough space left for {path} at video {video_id}: {free / 2**20:.1f} MiB "
                                     f"free, {(nbytes + SPACE_MARGIN_BYTES) / 2**20:.1f} MiB needed to go on")
+
+
+def is_labelled(path: str | os.PathLike) -> bool:
+    """Whether the feature file at ``path`` holds annotations (its ``labelled`` attribute); True for a
+    file that cannot be read, which :class:`FeatureFile` then reports."""
+    try:
+        with h5py.File(path, "r") as f:
+            return bool(f.attrs.get("labelled", True))
+    except OSError:
+        return True
 
 
 class FeatureFileError(ValueError):
@@ -222,6 +242,7 @@ class FeatureFile:
                 self.feature_dim = int(f.attrs["feature_dim"])
                 self.checksum = str(f.attrs["checksum"])
                 self.source = json.loads(f.attrs["source"])
+                self.labelled = bool(f.attrs.get("labelled", True))
                 self.offsets = f["video/offsets"][()]
                 self.video_ids = [s.decode() if isinstance(s, bytes) else s for s in f["video/ids"][()]]
                 self.subsets = np.asarray([s.decode() if isinstance(s, bytes) else s for s in f["video/subset"][()]])
@@ -257,6 +278,8 @@ class FeatureFile:
         for name, idx in (("segments/video", self.segment_video), ("ambiguous/video", self.ambiguous_video)):
             if len(idx) and (idx.min() < 0 or idx.max() >= n):
                 problems.append(f"{name} points outside the {n} videos")
+        if not self.labelled and (self.class_names or len(self.segments) or len(self.ambiguous)):
+            problems.append("marked unlabelled but holds classes, segments or ambiguous intervals")
         if len(self.segment_label) and (self.segment_label.min() < 0 or self.segment_label.max() >= len(self.class_names)):
             problems.append("segments/label points outside the class list")
         if problems:

@@ -113,20 +113,8 @@ class VideoEvaluator(nn.Module):
         scale: torch.Tensor | None = None,
     ) -> None:
         """Localize a batch; ``scale`` (snippets per CAS position) undoes uniform test sampling."""
-        dets = localize(
-            cas.float().cpu().numpy(), video_scores.float().cpu().numpy(), self.loc_cfg,
-            lengths=lengths.cpu().numpy(), videos=index.cpu().numpy(),
-        )
-        if scale is not None and len(dets):
-            videos, scales = index.cpu().numpy(), scale.cpu().numpy()
-            order = np.argsort(videos)
-            factor = scales[order][np.searchsorted(videos[order], dets.video)]
-            dets = Detections(dets.video, dets.start * factor, dets.end * factor, dets.label, dets.score)
-        # the official W-TALC protocol scores unclipped snippet ranges; seconds are clipped otherwise
-        durations = None if self.cfg.protocol == "wtalc" else self.ground_truth.durations
-        dets = dets.to_seconds(self.snippet_seconds, durations)
-        if durations is not None:  # a detection entirely past the annotated duration clips to nothing
-            dets = dets.select(dets.end > dets.start)
+        dets = localize_batch(index, video_scores, cas, lengths, scale, self.cfg, self.snippet_seconds,
+                              self.ground_truth.durations)
         videos = index.cpu().numpy()
         self.add(dets, videos)
         top_scores = video_scores.float().cpu().numpy().max(1)
@@ -154,17 +142,7 @@ class VideoEvaluator(nn.Module):
     def warn_if_few_detections(self) -> None:
         """Warn when most evaluated videos got no detection (e.g. a fixed class threshold against the
         flat video scores of a softmax over many classes)."""
-        empty = np.asarray(self._videos_without_detections)
-        if self._videos_seen == 0 or len(empty) <= self._videos_seen / 2:
-            return
-        loc = self.loc_cfg
-        warnings.warn(
-            f"{len(empty)} of {self._videos_seen} evaluated videos got no detection; their top video "
-            f"scores range {empty.min():.4f}..{empty.max():.4f} (class_selection={loc.class_selection}, "
-            f"class_threshold={loc.class_threshold}); class_selection=top_k or relative does not depend "
-            f"on the scale of the scores",
-            RuntimeWarning, stacklevel=2,
-        )
+        warn_if_few_detections(np.asarray(self._videos_without_detections), self._videos_seen, self.loc_cfg)
 
     def compute(self) -> dict[str, Any]:
         self.warn_if_few_detections()
@@ -197,6 +175,44 @@ class VideoEvaluator(nn.Module):
         self._parts = []
         self._videos_without_detections = []
         self._videos_seen = 0
+
+
+def localize_batch(
+    index: torch.Tensor, video_scores: torch.Tensor, cas: torch.Tensor, lengths: torch.Tensor,
+    scale: torch.Tensor | None, cfg: EvaluationConfig, snippet_seconds: float, durations: np.ndarray,
+) -> Detections:
+    """Detections in seconds of a batch of videos (``index``: their positions, which ``durations``
+    is indexed by); ``scale`` (snippets per CAS position) undoes uniform test sampling. Segments
+    are clipped to the durations, except under the W-TALC protocol (unclipped snippet ranges)."""
+    dets = localize(
+        cas.float().cpu().numpy(), video_scores.float().cpu().numpy(), cfg.localization_config(),
+        lengths=lengths.cpu().numpy(), videos=index.cpu().numpy(),
+    )
+    if scale is not None and len(dets):
+        videos, scales = index.cpu().numpy(), scale.cpu().numpy()
+        order = np.argsort(videos)
+        factor = scales[order][np.searchsorted(videos[order], dets.video)]
+        dets = Detections(dets.video, dets.start * factor, dets.end * factor, dets.label, dets.score)
+    # the official W-TALC protocol scores unclipped snippet ranges; seconds are clipped otherwise
+    clip_to = None if cfg.protocol == "wtalc" else durations
+    dets = dets.to_seconds(snippet_seconds, clip_to)
+    if clip_to is not None:  # a detection entirely past the annotated duration clips to nothing
+        dets = dets.select(dets.end > dets.start)
+    return dets
+
+
+def warn_if_few_detections(empty: np.ndarray, seen: int, loc: LocalizationConfig) -> None:
+    """Warn when most of ``seen`` videos got no detection; ``empty``: the top video scores of those
+    without one."""
+    if seen == 0 or len(empty) <= seen / 2:
+        return
+    warnings.warn(
+        f"{len(empty)} of {seen} evaluated videos got no detection; their top video "
+        f"scores range {empty.min():.4f}..{empty.max():.4f} (class_selection={loc.class_selection}, "
+        f"class_threshold={loc.class_threshold}); class_selection=top_k or relative does not depend "
+        f"on the scale of the scores",
+        RuntimeWarning, stacklevel=3,
+    )
 
 
 def _update(metric: TemporalDetectionMAP, dets: Detections, videos: np.ndarray | None) -> None:

@@ -5,6 +5,8 @@ sequence ``[T, C]`` (at the evaluated positions: uniformly sampled test videos k
 ``scale``, original snippets per position), float32 as the model produced them, so that
 :func:`score_predictions` with the run's evaluation settings gives exactly the logged figures, and
 with any other settings (NMS, thresholds, upsampling, class selection...) re-localizes in seconds.
+``task=predict`` stores the same for every video of a feature file without ground truth (split
+``predict``); :func:`detect_predictions` localizes them as :func:`score_predictions` does, unscored.
 
 Layout (HDF5): ``video/index`` (position in the split's ground truth), ``video/ids``,
 ``video/scores`` [V, C], ``video/offsets`` [V + 1] into ``cas`` [sum T, C], ``video/scale`` [V];
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,14 @@ import torch
 
 from issf.data.annotations import GroundTruth
 from issf.eval.classification import classification_map
-from issf.eval.evaluator import EvaluationConfig, EvaluationResult, VideoEvaluator
+from issf.eval.detections import Detections
+from issf.eval.evaluator import (
+    EvaluationConfig,
+    EvaluationResult,
+    VideoEvaluator,
+    localize_batch,
+    warn_if_few_detections,
+)
 from issf.utils.io import atomic_write
 
 SCHEMA_VERSION = 1
@@ -125,20 +134,46 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
 def score_predictions(preds: Predictions, ground_truth: GroundTruth, evaluation: EvaluationConfig,
                       batch_size: int = 64) -> EvaluationResult:
     """Localize and score stored predictions (``summary`` with ``cls_mAP``), as a test run does."""
+    _check_videos(preds, ground_truth)
+    evaluator = VideoEvaluator(ground_truth, evaluation, preds.snippet_seconds)
+    for batch in _batches(preds, batch_size):
+        evaluator.update(*batch)
+    labels = torch.from_numpy(ground_truth.labels[preds.video_index].astype(np.int64))
+    return evaluator.result(cls_map=classification_map(preds.video_scores, labels) / 100.0)
+
+
+def detect_predictions(preds: Predictions, videos: GroundTruth, evaluation: EvaluationConfig,
+                       batch_size: int = 64) -> Detections:
+    """The detections (seconds) of stored predictions, localized exactly as :func:`score_predictions`
+    does, without scoring them: ``videos`` needs only class names, video ids and durations (the
+    segments of unlabelled videos are empty). Warns when most videos got no detection."""
+    _check_videos(preds, videos)
+    parts, empty = [], []
+    for index, scores, cas, lengths, scale in _batches(preds, batch_size):
+        dets = localize_batch(index, scores, cas, lengths, scale, evaluation, preds.snippet_seconds, videos.durations)
+        parts.append(dets)
+        empty.extend(scores.numpy().max(1)[~np.isin(index.numpy(), dets.video)].tolist())
+    warn_if_few_detections(np.asarray(empty), len(preds.video_ids), evaluation.localization_config())
+    return Detections.concatenate(parts, units="seconds")
+
+
+def _check_videos(preds: Predictions, ground_truth: GroundTruth) -> None:
     if preds.class_names != list(ground_truth.class_names):
         raise PredictionsError(f"predictions of classes {preds.class_names[:3]}... do not match the ground truth's")
     stored_ids = [ground_truth.video_ids[i] if i < len(ground_truth.video_ids) else None for i in preds.video_index]
     if stored_ids != preds.video_ids:
-        raise PredictionsError("the predictions were made for other videos than this ground truth's test split")
-    evaluator = VideoEvaluator(ground_truth, evaluation, preds.snippet_seconds)
+        raise PredictionsError("the predictions were made for other videos than this ground truth's (its test split's)")
+
+
+def _batches(preds: Predictions, batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The stored videos in batches, as a test step hands them to the evaluator: index, video
+    scores, CAS padded to the longest video, lengths, scale."""
     for first in range(0, len(preds.video_ids), batch_size):
         videos = range(first, min(first + batch_size, len(preds.video_ids)))
         lengths = np.array([preds.offsets[v + 1] - preds.offsets[v] for v in videos])
         cas = np.zeros((len(videos), lengths.max(), preds.cas.shape[1]), np.float32)
         for b, v in enumerate(videos):
             cas[b, : lengths[b]] = preds.video_cas(v)
-        evaluator.update(torch.from_numpy(preds.video_index[first : first + len(videos)]),
-                         torch.from_numpy(preds.video_scores[first : first + len(videos)]), torch.from_numpy(cas),
-                         torch.from_numpy(lengths), torch.from_numpy(preds.scale[first : first + len(videos)]))
-    labels = torch.from_numpy(ground_truth.labels[preds.video_index].astype(np.int64))
-    return evaluator.result(cls_map=classification_map(preds.video_scores, labels) / 100.0)
+        yield (torch.from_numpy(preds.video_index[first : first + len(videos)]),
+               torch.from_numpy(preds.video_scores[first : first + len(videos)]), torch.from_numpy(cas),
+               torch.from_numpy(lengths), torch.from_numpy(preds.scale[first : first + len(videos)]))

@@ -186,7 +186,7 @@ def evaluate_checkpoint(
         checkpoint.get("hyper_parameters", {}).get("feature_checksum"), ckpt_path, file.checksum, file.path,
         allow_other_features)}
     module = ISSFModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-    settings = _with_overrides(module.hparams.get("evaluation"), overrides)
+    settings = with_overrides(module.hparams.get("evaluation"), overrides)
     module.eval_cfg = EvaluationConfig(**settings)
     if overrides and trainer.is_global_zero:
         log.info(f"evaluation settings of {ckpt_path}, with {overrides}")
@@ -210,7 +210,7 @@ def evaluate_predictions(
     file = getattr(datamodule, "file", None)
     identity = {} if file is None else {"feature_checksum": file.checksum, **check_feature_identity(
         preds.feature_checksum, path, file.checksum, file.path, allow_other_features)}
-    settings = _with_overrides(preds.evaluation, overrides)
+    settings = with_overrides(preds.evaluation, overrides)
     gt = datamodule.ground_truth(preds.split)
     result = score_predictions(preds, gt, EvaluationConfig(**settings))
     print_table(f"predictions: {path}", {"test": result.summary, "whole-video baseline": result.baseline})
@@ -222,7 +222,7 @@ def evaluate_predictions(
     return metrics
 
 
-def _with_overrides(settings: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+def with_overrides(settings: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
     """A deep copy of ``settings`` with dotted-key ``overrides`` (``localization.nms_threshold``) applied."""
     settings = copy.deepcopy(dict(settings or {}))
     for key, value in (overrides or {}).items():

@@ -251,9 +251,11 @@ def stream_to_file(
     notes: list[str],
     skipped: dict[str, int],
     record: dict[str, Any],
+    labelled: bool = True,
 ) -> ConversionReport:
     """Validate features while streaming them into the writer; return the report. ``record`` is the
-    converter's own options, stored in the file with the writer's."""
+    converter's own options, stored in the file with the writer's; ``labelled=False`` writes a file
+    marked as having no annotations (the videos' segments must then be empty)."""
     snippet_seconds, dtype, past_end = writer.snippet_seconds, writer.dtype, writer.past_end
     feature_dim, length_tolerance = writer.feature_dim, writer.length_tolerance
     options = {**record, "past_end": past_end, "length_tolerance": length_tolerance}
@@ -314,7 +316,7 @@ def stream_to_file(
 
     path = write_feature_file(out_path, entries(), classes, snippet_seconds=snippet_seconds,
                               feature_name=writer.feature_name or feature_name, source=source, dtype=dtype,
-                              overwrite=writer.overwrite, extra_attrs=attrs)
+                              overwrite=writer.overwrite, extra_attrs=attrs, labelled=labelled)
     with h5py.File(path, "r") as f:
         checksum = str(f.attrs["checksum"])
         dim = int(f.attrs["feature_dim"])
@@ -323,6 +325,7 @@ def stream_to_file(
         feature_dim=dim, dtype=dtype, videos=dict(n_videos), segments=dict(n_segments),
         ambiguous=totals["ambiguous"], snippets=totals["snippets"], segments_clipped=totals["clipped"],
         segments_past_end=totals["past_end"], skipped=dict(skipped), warnings=warnings, notes=notes,
+        labelled=labelled,
     )
 
 

@@ -70,6 +70,7 @@ class ConversionReport:
     skipped: dict[str, int] = field(default_factory=dict)  # source subset -> videos not converted
     warnings: list[PrepareWarning] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    labelled: bool = True  # False: features only (data.prepare.annotations=none), for task=predict
 
     @property
     def num_classes(self) -> int:
@@ -84,9 +85,12 @@ class ConversionReport:
 
     def __str__(self) -> str:
         subsets = ", ".join(f"{s}: {n} videos / {self.segments.get(s, 0)} segments" for s, n in self.videos.items())
+        content = (f"  {subsets}; {self.num_classes} classes; {self.snippets} snippets; {self.ambiguous} ambiguous"
+                   if self.labelled else f"  unlabelled (no classes or segments): {sum(self.videos.values())} "
+                                         f"videos; {self.snippets} snippets")
         lines = [
             f"wrote {self.path} ({self.source_format}; {self.dtype}; D={self.feature_dim})",
-            f"  {subsets}; {self.num_classes} classes; {self.snippets} snippets; {self.ambiguous} ambiguous",
+            content,
             f"  checksum {self.checksum}",
         ]
         if self.skipped:
