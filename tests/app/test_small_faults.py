@@ -98,4 +98,5 @@ def test_the_core_install_declares_what_it_imports_and_keeps_loggers_optional():
     assert "pyyaml" in core and "wandb" not in core and "tensorboard" not in core
     extras = project["optional-dependencies"]
     assert any(d.startswith("wandb") for d in extras["wandb"]) and any(d.startswith("tensorboard") for d in extras["tensorboard"])
-    assert "issf[wandb,tensorboard,slurm]" in extras["dev"]
+    assert any(d.startswith("optuna") for d in extras["hpo"]) and "optuna" not in core
+    assert "issf[wandb,tensorboard,slurm,hpo]" in extras["dev"]  # [dev] holds every extra
