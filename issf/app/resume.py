@@ -14,6 +14,11 @@ unless ``resume_changes=allow`` (the changes are then recorded in metrics.json u
   ``prepare_hint``, ``data.prepare``;
 * the run's own keys: ``task``, ``ckpt_path``, ``tags``, ``print_config``, ``test_after_fit``,
   ``allow_other_features``, ``resume_changes``, ``dir``, ``detections``, ``predictions``.
+
+A change of the network's structure (``model.network.memory``, ``embed_dim``, ``memory_read=shared``,
+... : other parameter names or shapes than the checkpoint's state_dict) is refused even with
+``resume_changes=allow`` (:func:`check_network_structure`): the checkpoint's weights cannot be loaded
+into that network.
 """
 
 from __future__ import annotations
@@ -31,10 +36,17 @@ FREE_KEYS = (
     "data.datamodule.path", "data.datamodule.num_workers", "data.datamodule.prepare_hint", "data.prepare",
 )
 RESUME_CHANGES = ("refuse", "allow")
+# an optimizer config without a target (run configs stored before the optimizer was a Hydra
+# partial) holds the settings of this Adam
+STORED_BEFORE_OPTIMIZER_TARGET = {"model.optimizer.target": "torch.optim.Adam", "model.optimizer._partial_": True}
 
 
 class ResumeConfigError(ValueError):
     """A resume whose config differs from the checkpoint's in keys that decide the results."""
+
+
+class NetworkStructureError(ResumeConfigError):
+    """A resume whose config builds a network with other parameters than the checkpoint holds."""
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -55,6 +67,9 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[
     """The keys that decide the results and differ between the stored and the new run config,
     ``key -> (old, new)`` (``<absent>`` for a key one of them lacks)."""
     a, b = flatten(old), flatten(new)
+    for tree in (a, b):
+        if any(k.startswith("model.optimizer.") for k in tree) and "model.optimizer.target" not in tree:
+            tree.update(STORED_BEFORE_OPTIMIZER_TARGET)
     changed = {}
     for key in sorted(set(a) | set(b)):
         before, after = a.get(key, "<absent>"), b.get(key, "<absent>")
@@ -90,6 +105,94 @@ def check_resume_config(checkpoint: dict[str, Any], ckpt_path: str, new: dict[st
     return {"resume_changes": {k: [v[0], v[1]] for k, v in changed.items()}}
 
 
+Shapes = dict[str, tuple[int, ...]]
+
+
+def network_shapes(network: dict[str, Any], num_classes: int, input_dim: int) -> Shapes:
+    """Names and shapes of the parameters and buffers (as in a checkpoint's ``state_dict``) of the
+    network that ``model.network`` settings build, built on the meta device (no memory, no work)."""
+    import torch
+
+    from issf.model.config import ISSFConfig
+    from issf.model.network import ISSF
+
+    with torch.device("meta"):
+        net = ISSF(ISSFConfig(num_classes=num_classes, input_dim=input_dim, **network))
+    return {f"net.{name}": tuple(value.shape) for name, value in net.state_dict().items()}
+
+
+def _with(settings: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of nested ``settings`` with the dotted ``key`` set to ``value``."""
+    out = dict(settings)
+    node = out
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node[part] = dict(node.get(part) or {})
+        node = node[part]
+    node[leaf] = value
+    return out
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "absent" if shape is None else str(list(shape))
+
+
+def _structural_keys(old: dict[str, Any], new: dict[str, Any], num_classes: int, input_dim: int) -> list[str]:
+    """The changed ``model.network`` keys that change the network's parameters: the key alone
+    changed in the old settings, or alone put back in the new ones, builds another structure.
+    All changed keys when no single one explains it (only a combination of them builds)."""
+    def shapes(settings: dict[str, Any]) -> Shapes | None:
+        try:
+            return network_shapes(settings, num_classes, input_dim)
+        except (TypeError, ValueError):  # a combination that is not a valid network on its own
+            return None
+
+    a, b = flatten(old), flatten(new)
+    changed = [key for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+    base_old, base_new = shapes(old), shapes(new)
+
+    structural = []
+    for key in changed:
+        forward = shapes(_with(old, key, b.get(key))) if key in b else None
+        backward = shapes(_with(new, key, a.get(key))) if key in a else None
+        if (forward is not None and base_old is not None and forward != base_old) or \
+                (backward is not None and base_new is not None and backward != base_new):
+            structural.append(key)
+    return structural or changed
+
+
+def check_network_structure(checkpoint: dict[str, Any], ckpt_path: str, network: dict[str, Any]) -> None:
+    """Raise :class:`NetworkStructureError` when the ``model.network`` settings of a resume build a
+    network whose parameter names or shapes differ from the checkpoint's ``state_dict`` (what
+    Lightning would otherwise report as torch's "Unexpected key(s) in state_dict" / "size mismatch"
+    after the run directory was written), naming each ``model.network`` key that makes the
+    difference ``old -> new`` and the differing tensors. ``resume_changes=allow`` does not lift it."""
+    hparams = checkpoint.get("hyper_parameters", {})
+    stored = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
+    if not stored or "num_classes" not in hparams or "input_dim" not in hparams:
+        return
+    num_classes, input_dim = int(hparams["num_classes"]), int(hparams["input_dim"])
+    built = network_shapes(network, num_classes, input_dim)
+    if built == stored:
+        return
+    tensors = [f"{k} {_shape(stored.get(k))} -> {_shape(built.get(k))}" for k in sorted(set(stored) | set(built))
+               if stored.get(k) != built.get(k)]
+    old = hparams.get("network") or (hparams.get("run_config") or {}).get("model", {}).get("network")
+    if not old:
+        named = "  (the checkpoint records no model.network settings)"
+    else:
+        a, b = flatten(old), flatten(network)
+        named = "\n".join(f"  model.network.{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+                          for k in _structural_keys(old, network, num_classes, input_dim)) or \
+            "  (the same model.network settings: the network's code differs from the one that wrote the checkpoint)"
+    raise NetworkStructureError(
+        f"resume from {ckpt_path}: these settings build a network with other parameters than the checkpoint's\n"
+        f"{named}\n  (parameters: {'; '.join(tensors)})\n"
+        f"a change of the network's structure cannot be resumed, not even with resume_changes=allow (fine-tuning "
+        f"from a checkpoint's weights is not supported): resume with the checkpoint's model.network settings, or "
+        f"start a new run (without ckpt_path=)")
+
+
 def resume_provenance(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """For ``task=train ckpt_path=...``: read the checkpoint (an unusable file is an error naming it)
     and compare its run config with ``cfg`` (:func:`check_resume_config`); returns what metrics.json
@@ -98,5 +201,6 @@ def resume_provenance(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from issf.train.checkpoints import read_checkpoint
 
     checkpoint = read_checkpoint(cfg.ckpt_path)
-    return check_resume_config(checkpoint, cfg.ckpt_path, plain_config(cfg),
-                               str(cfg.get("resume_changes", "refuse"))), checkpoint
+    new = plain_config(cfg)
+    check_network_structure(checkpoint, cfg.ckpt_path, new["model"]["network"])
+    return check_resume_config(checkpoint, cfg.ckpt_path, new, str(cfg.get("resume_changes", "refuse"))), checkpoint

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import tempfile
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -56,6 +57,23 @@ def remove_unused_claims() -> list[Path]:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
+
+
+class RunDirectoryNotWritable(RuntimeError):
+    """An existing run directory that nothing can be written into (a read-only mount, no permission)."""
+
+
+def check_writable(folder: Path) -> None:
+    """Raise :class:`RunDirectoryNotWritable` naming ``folder`` when a file cannot be created in it.
+    Tried with a nameless temporary file before Hydra writes its config copy and log there (its
+    own error would be a traceback about a logging handler), so nothing in the folder changes."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise RunDirectoryNotWritable(
+            f"run directory {folder} cannot be written ({err.strerror or err}); make it writable, or "
+            f"run into another directory: hydra.run.dir=<new directory>") from None
 
 
 def run_directory_lock(output_dir: Path) -> AbstractContextManager[object]:
