@@ -59,6 +59,7 @@ def validate_config(cfg: DictConfig) -> None:
     evaluation.localization_config()
     check_datamodule_settings(**OmegaConf.to_container(cfg.data.datamodule, resolve=True))
     _check_optimizer(OmegaConf.to_container(cfg.model.optimizer, resolve=True) if cfg.model.get("optimizer") else {})
+    _check_wandb((cfg.get("logger") or {}).get("wandb"))
 
 
 def _is_int(value: Any) -> bool:
@@ -88,10 +89,58 @@ def _check_optimizer(optimizer: dict[str, Any]) -> None:
     betas = optimizer.get("betas", (0.9, 0.999))
     if len(betas) != 2 or not all(number(b) and 0.0 <= b < 1.0 for b in betas):
         raise ValueError(f"model.optimizer.betas: must be two numbers in [0, 1), got {list(betas)!r}")
+    if "_target_" in optimizer:
+        _check_optimizer_class(optimizer)
+
+
+def _check_optimizer_class(optimizer: dict[str, Any]) -> None:
+    """``model.optimizer._target_`` names an optimizer class that takes every configured option."""
+    import importlib
+    import inspect
+
+    target = str(optimizer["_target_"])
+    module, _, name = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise ValueError(f"model.optimizer._target_: {target!r} is not an importable class; "
+                         f"e.g. model.optimizer._target_=torch.optim.AdamW") from None
+    accepted = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return
+    for key in optimizer:
+        if not key.startswith("_") and key not in accepted:
+            raise ValueError(f"model.optimizer.{key}: {target} takes no {key!r} (its options: "
+                             f"{', '.join(k for k in accepted if k != 'params')}); drop it with ~model.optimizer.{key}")
+
+
+def _check_wandb(wandb: Any) -> None:
+    """Lightning's WandbLogger refuses log_model with offline=True only when it is built, naming its
+    Python argument; this says it before any work, as an override."""
+    if wandb and wandb.get("log_model") and wandb.get("offline"):
+        raise ValueError(
+            f"logger.wandb.log_model={wandb.log_model}: checkpoint artifacts need a W&B run that is not offline; add "
+            f"logger.wandb.offline=false (a logged-in wandb uploads them; with WANDB_MODE=offline they wait in the "
+            f"offline run for `wandb sync`), or keep logger.wandb.log_model=false")
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     return hydra.utils.instantiate(cfg.data.datamodule)
+
+
+def build_prediction_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    """``task=predict``: the data module of ``data.datamodule`` with every video of its file, whatever
+    its subset, in the test split (loaded as a test loads them)."""
+    from issf.data.h5 import FeatureFile
+
+    path = Path(cfg.data.datamodule.path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"feature file not found: {path}; prepare a folder of <video>.npy feature files with: python run.py "
+            f"task=prepare data=thumos14 data.prepare.annotations=none data.prepare.format=per_video "
+            f"+data.prepare.feature_dir=<folder> data.datamodule.path={path}")
+    subsets = sorted(set(FeatureFile(path).subsets.tolist()))
+    return hydra.utils.instantiate(cfg.data.datamodule, train_subsets=subsets, test_subsets=subsets, val_fraction=0.0)
 
 
 def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> ISSFModule:
@@ -129,7 +178,9 @@ def check_logger_packages(cfg: DictConfig) -> None:
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     check_logger_packages(cfg)
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    # a node without _target_ holds an experiment's settings for a callback the chosen callbacks
+    # leave out (experiment=smoke's callbacks.plots.num_videos with callbacks=none)
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":

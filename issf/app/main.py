@@ -18,8 +18,16 @@ from omegaconf import DictConfig, OmegaConf
 from issf.app.console import print_config_tree, quiet_third_party
 from issf.app.ddp import launching_process, patch_ddp_launcher
 from issf.app.overrides import wandb_identity
-from issf.app.run_dir import claim_directory, remove_unused_claims, resume_directory, run_directory_lock
+from issf.app.run_dir import (
+    RunDirectoryNotWritable,
+    check_writable,
+    claim_directory,
+    remove_unused_claims,
+    resume_directory,
+    run_directory_lock,
+)
 from issf.app.schema import register_schemas
+from issf.app.search import objective
 from issf.app.tasks import TASKS, exit_on_sigterm, finish_wandb, preflight
 from issf.utils.io import atomic_write
 
@@ -69,17 +77,17 @@ def main(cfg: DictConfig) -> float | None:
         _WRITING = True
         with atomic_write(output_dir / "config_resolved.yaml", "w") as f:
             f.write(OmegaConf.to_yaml(cfg, resolve=True))
-        if cfg.task in ("train", "eval") and cfg.get("print_config", True) and launching_process():
+        if cfg.task in ("train", "eval", "predict") and cfg.get("print_config", True) and launching_process():
             print_config_tree(cfg)
         try:
             result = TASKS[cfg.task](cfg, output_dir)
         finally:
             finish_wandb()
-    if cfg.task in ("train", "eval") and launching_process():
+    if cfg.task in ("train", "eval", "predict") and launching_process():
         written = sorted(p.name + ("/" if p.is_dir() else "") for p in output_dir.iterdir() if not p.name.startswith("."))
         log.info(f"run directory: {output_dir}\n  {' '.join(written)}")
-    value = (result or {}).get("test", {}).get(cfg.get("optimized_metric") or "AVG")
-    return float(value) if value is not None else None
+    # to a sweeper: the validation objective (optimized_metric on held-out videos), never a test figure
+    return objective(cfg, result)
 
 
 class SweepSummary(Callback):
@@ -92,8 +100,8 @@ class SweepSummary(Callback):
 
 def cli(argv: list[str] | None = None) -> None:
     """``run.py``: ``--version``, a mistyped ``task=`` stopped with one line before Hydra makes any
-    directory (the ``known_task`` resolver is the backstop for other ways of setting it), then
-    :func:`main`."""
+    directory (the ``known_task`` resolver is the backstop for other ways of setting it), an
+    existing run directory that cannot be written stopped with one line, then :func:`main`."""
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     if "--version" in argv:
@@ -105,7 +113,13 @@ def cli(argv: list[str] | None = None) -> None:
             for task in arg.split("=", 1)[1].split(","):
                 if task not in TASKS:
                     sys.exit(f"run.py: unknown task={task!r}; choose one of {', '.join(sorted(TASKS))}")
-    with restore_on_early_failure(existing_run_directory(argv)):
+    folder = existing_run_directory(argv)
+    if folder is not None:  # a read-only run directory: one line, before Hydra fails to write into it
+        try:
+            check_writable(folder)
+        except RunDirectoryNotWritable as err:
+            sys.exit(f"run.py: {err}")
+    with restore_on_early_failure(folder):
         main()
 
 

@@ -12,7 +12,15 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from issf.app.build import build_datamodule, build_module, build_trainer, ensure_data, validate_config
+from issf.app.build import (
+    build_datamodule,
+    build_module,
+    build_prediction_datamodule,
+    build_trainer,
+    ensure_data,
+    plain_config,
+    validate_config,
+)
 from issf.app.ddp import teardown_ddp_children
 from issf.app.overrides import command_overrides, evaluation_overrides, sweep_jobs, use_checkpoint_data
 from issf.app.run_dir import carry_history
@@ -30,14 +38,24 @@ def exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 def preflight(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The checks of ``task=train`` / ``task=eval`` that need no data: every value in range
-    (:func:`validate_config`) and, for a resume, a usable checkpoint trained with the same settings
-    (:mod:`issf.app.resume`). :func:`issf.app.main.main` runs them before it writes anything into
-    the run directory. Returns what metrics.json records about the resume, and the resumed
-    checkpoint (None without one)."""
-    if cfg.get("task") not in ("train", "eval"):
+    """The checks of ``task=train`` / ``task=eval`` / ``task=search`` that need no data: every value
+    in range (:func:`validate_config`), a search's space and validation objective, and for a
+    resume a usable checkpoint trained with the same settings (:mod:`issf.app.resume`).
+    :func:`issf.app.main.main` runs them before it writes anything into the run directory. Returns
+    what metrics.json records about the resume, and the resumed checkpoint (None without one)."""
+    if cfg.get("task") not in ("train", "eval", "predict", "search"):
         return {}, None
     validate_config(cfg)
+    if cfg.task in ("train", "eval"):
+        refuse_unlabelled(cfg)  # a feature file without annotations, named on the command line
+    if cfg.task == "search":
+        from issf.app.search import check_search
+
+        check_search(cfg)
+    elif cfg.task == "train" and cfg.get("optimized_metric"):  # an objective is a validation figure
+        from issf.app.search import check_objective
+
+        check_objective(cfg)
     if cfg.task == "train" and cfg.get("ckpt_path"):
         from issf.app.resume import resume_provenance
 
@@ -84,6 +102,7 @@ def task_eval(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     validate_config(cfg)
     if (cfg.get("ckpt_path") or cfg.get("predictions")) and not cfg.get("detections"):
         use_checkpoint_data(cfg)
+    refuse_unlabelled(cfg)
     ensure_data(cfg)
     datamodule = build_datamodule(cfg)
     allow = bool(cfg.get("allow_other_features", False))
@@ -98,6 +117,50 @@ def task_eval(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     configure_for(str(cfg.trainer.get("accelerator", "cpu")))
     trainer = build_trainer(cfg)
     return evaluate_checkpoint(cfg.ckpt_path, trainer, datamodule, output_dir, evaluation_overrides(cfg), allow)
+
+
+def refuse_unlabelled(cfg: DictConfig) -> None:
+    """task=train and task=eval need ground truth: a feature file prepared without annotations, or
+    the outputs of task=predict, stop them with one line naming the task=predict command to use."""
+    from issf.data.h5 import is_labelled
+    from issf.train.predict import PREDICT_SPLIT
+
+    if cfg.get("predictions"):
+        from issf.eval.predictions import read_predictions
+
+        if read_predictions(cfg.predictions).split == PREDICT_SPLIT:
+            raise ValueError(f"task=eval: {cfg.predictions} holds task=predict outputs, which have no ground truth "
+                             f"to score against; re-localize them with: python run.py task=predict "
+                             f"predictions={cfg.predictions}")
+    path = cfg.data.datamodule.path
+    if Path(path).is_file() and not is_labelled(path):
+        raise ValueError(f"task={cfg.task}: {path} has no annotations (prepared with data.prepare.annotations=none) "
+                         f"to {'train on' if cfg.task == 'train' else 'score against'}; localize actions in it "
+                         f"with: python run.py task=predict "
+                         f"ckpt_path={cfg.get('ckpt_path') or '<checkpoint>'} data.datamodule.path={path}")
+
+
+def task_predict(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Localize actions in every video of ``data.datamodule.path`` with the checkpoint ``ckpt_path``
+    (no ground truth, no metric), or re-localize a predict run's ``predictions=...``."""
+    from issf.train.predict import predict_checkpoint, relocalize_predictions
+
+    validate_config(cfg)
+    if not (cfg.get("ckpt_path") or cfg.get("predictions")):
+        raise ValueError("task=predict needs ckpt_path=<run>/checkpoints/<name>.ckpt with data.datamodule.path="
+                         "<features.h5>, or predictions=<predict run>/predictions.h5")
+    use_checkpoint_data(cfg)  # without data.* overrides: the checkpoint's (predictions') own feature file
+    datamodule = build_prediction_datamodule(cfg)
+    if cfg.get("predictions"):
+        return relocalize_predictions(cfg.predictions, datamodule, output_dir, evaluation_overrides(cfg),
+                                      bool(cfg.get("allow_other_features", False)))
+    configure_for(str(cfg.trainer.get("accelerator", "cpu")))
+    trainer = build_trainer(cfg)
+    result = predict_checkpoint(cfg.ckpt_path, trainer, datamodule, output_dir, evaluation_overrides(cfg),
+                                data=plain_config(cfg)["data"])
+    log.info(f"other localization settings, without the network: python run.py task=predict "
+             f"predictions={result['predictions']} data.evaluation.localization.<key>=<value>")
+    return result
 
 
 def task_synthesize(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
@@ -120,6 +183,9 @@ def task_prepare(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
     report = prepare_from_config(OmegaConf.to_container(cfg.data.prepare, resolve=True), cfg.data.datamodule.path)
     log.info(str(report))
+    if not report.labelled:
+        log.info(f"localize actions in it: python run.py task=predict ckpt_path=<run>/checkpoints/<name>.ckpt "
+                 f"data.datamodule.path={cfg.data.datamodule.path}")
     return {"path": cfg.data.datamodule.path}
 
 
@@ -133,6 +199,16 @@ def task_report(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if cfg.get("logger") and cfg.logger.get("wandb"):
         log_report_to_wandb(report, cfg, Path(cfg.dir))
     return report
+
+
+def task_search(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Optuna search over ``search.params``, each trial a training run in ``<output_dir>/<trial>``
+    (:mod:`issf.app.search`); the data are made or checked once, before the first trial."""
+    from issf.app.search import run_search
+
+    preflight(cfg)
+    ensure_data(cfg)
+    return run_search(cfg, output_dir)
 
 
 def log_report_to_wandb(report: dict[str, Any], cfg: DictConfig, sweep_dir: Path) -> None:
@@ -159,5 +235,5 @@ def finish_wandb() -> None:
 
 TASKS: dict[str, Callable[[DictConfig, Path], dict[str, Any]]] = {
     "train": task_train, "eval": task_eval, "synthesize": task_synthesize, "prepare": task_prepare,
-    "verify": task_verify, "report": task_report,
+    "verify": task_verify, "report": task_report, "predict": task_predict, "search": task_search,
 }

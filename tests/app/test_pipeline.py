@@ -14,6 +14,7 @@ from issf.data.annotations import GroundTruth
 from issf.data.h5 import FeatureFile
 from issf.eval.detections import load_detections
 from tests.conftest import compose_cfg
+from tests.markers import requires_package
 from tests.reference import ROOT
 
 CONF = str(ROOT / "conf")
@@ -50,6 +51,7 @@ def test_every_experiment_composes(tmp_path):
         assert cfg.model.network.embed_dim > 0, name
 
 
+@requires_package("hydra_plugins.hydra_submitit_launcher")
 def test_slurm_launcher_composes_with_ddp(tmp_path):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
