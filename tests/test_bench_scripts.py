@@ -51,6 +51,8 @@ def test_mutations_are_well_formed():
         assert m.old and m.old != m.new and m.tests, m.name
         assert all((run_all.ROOT / t).is_file() for t in m.tests), m.name
         assert (run_all.ROOT / m.file).is_file(), m.name
+        # the bug still has a place to go: a refactor that moves the code must move the mutation too
+        assert (run_all.ROOT / m.file).read_text().count(m.old) == 1, f"{m.name}: old text not found once in {m.file}"
 
 
 def check_header(entry: dict) -> None:
