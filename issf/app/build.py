@@ -17,21 +17,24 @@ from issf.train.module import ISSFModule
 log = logging.getLogger(__name__)
 
 
-def ensure_data(cfg: DictConfig) -> None:
+def ensure_data(cfg: DictConfig) -> bool:
     """Make a built-in dataset when the config asks for one: the synthetic generator's file when it
     is missing, or the real-recording setting's W-TALC folder and its prepared file (through the
     ``task=prepare`` converter) when missing or built with other settings. A synthetic file holding
     other generator settings is left as it is: these settings get their own file
     (``<name>-<settings hash>.h5``, :func:`issf.data.synthetic.dataset_path`) and
-    ``data.datamodule.path`` is set to it."""
+    ``data.datamodule.path`` is set to it. Returns whether the feature file was written now."""
+    made = False
     if cfg.data.get("recordings") is not None:
         from issf.data.recordings import ensure_recordings
 
         prepare = OmegaConf.to_container(cfg.data.prepare, resolve=True) if cfg.data.get("prepare") else None
+        before = _stamp(Path(cfg.data.datamodule.path))
         ensure_recordings(OmegaConf.to_container(cfg.data.recordings, resolve=True), cfg.data.datamodule.path,
                           prepare)
+        made = _stamp(Path(cfg.data.datamodule.path)) != before
     if cfg.data.get("synthetic") is None:
-        return
+        return made
     from issf.data.synthetic import SyntheticConfig, dataset_path, ensure_dataset
 
     synth = SyntheticConfig(**OmegaConf.to_container(cfg.data.synthetic, resolve=True))
@@ -42,7 +45,18 @@ def ensure_data(cfg: DictConfig) -> None:
         cfg.data.datamodule.path = str(path)
     if not path.exists():
         log.info(f"generating the built-in dataset {path} ({synth.num_train} training / {synth.num_test} test videos)")
+    before = _stamp(path)
     ensure_dataset(synth, path)
+    return made or _stamp(path) != before
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """What tells a rewritten file from the one that was there (inode, modification time)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def validate_config(cfg: DictConfig) -> None:

@@ -15,9 +15,9 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from issf.app.console import print_config_tree, quiet_third_party
+from issf.app.console import print_config_mode, quiet_third_party, show_config, user_error
 from issf.app.ddp import launching_process, patch_ddp_launcher
-from issf.app.overrides import wandb_identity
+from issf.app.overrides import config_used, hydra_choices, wandb_identity
 from issf.app.run_dir import (
     RunDirectoryNotWritable,
     check_writable,
@@ -51,15 +51,45 @@ register_schemas()
 # set once main() starts writing into the run directory (its checks passed, the lock is held); until
 # then cli() puts back what Hydra wrote into an existing run directory when the run fails
 _WRITING = False
+# the one-line messages of the jobs main() stopped on an expected user error (console.user_error),
+# reported by cli() once Hydra is done; a new run directory holding nothing but the config is
+# removed all the same
+_REFUSALS: list[str] = []
+_CLI_PID: int | None = None  # the process cli() runs in (a launcher's worker process is another)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    """The task function. Hydra prints an exception escaping it with a traceback and a note about
+    ``HYDRA_FULL_ERROR`` (``run_and_report``; in a multirun ``run_job`` keeps it in the job's result,
+    and the sweeper raises the first one once every job ran). An expected user error is kept out of
+    Hydra's way instead: the job ends without a result and :func:`cli` prints its one line
+    (``run.py: ...``) and exits with 1 once Hydra is done. In a launcher's worker process it is
+    raised as a compact Hydra exception, which Hydra prints as its message. With
+    ``HYDRA_FULL_ERROR=1`` every error goes to Hydra as it is (the full traceback)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     hc = HydraConfig.get()
-    output_dir = Path(hc.runtime.output_dir)
+    try:
+        return run_task(cfg, Path(hc.runtime.output_dir))
+    except Exception as err:
+        job = f"job {hc.job.num} ({' '.join(hc.overrides.task)}): " if hc.mode == RunMode.MULTIRUN else ""
+        refusal = user_error(err, job)
+        if refusal is None:
+            raise
+        if os.getpid() != _CLI_PID:
+            raise refusal from err
+        _REFUSALS.append(str(refusal))
+        return None
+
+
+def run_task(cfg: DictConfig, output_dir: Path) -> float | None:
+    """One job of :func:`main` in its run directory ``output_dir``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
     # SIGTERM unwinds like an error, so files being written are cleaned up (training replaces this
     # handler with Lightning's, which stops at the next step)
     signal.signal(signal.SIGTERM, exit_on_sigterm)
@@ -72,13 +102,15 @@ def main(cfg: DictConfig) -> float | None:
         if hc.mode == RunMode.MULTIRUN:
             cfg.logger.wandb.group = cfg.logger.wandb.group or Path(hc.sweep.dir).name  # one W&B group per sweep
     global _WRITING
+    mode = print_config_mode(cfg.get("print_config", True))
     preflight(cfg)  # nonsense values, an unusable or changed-config resume: before anything is written
+    used = config_used(cfg)  # task=eval/predict of a checkpoint: its model, data and evaluation settings
     with run_directory_lock(output_dir):
         _WRITING = True
         with atomic_write(output_dir / "config_resolved.yaml", "w") as f:
-            f.write(OmegaConf.to_yaml(cfg, resolve=True))
-        if cfg.task in ("train", "eval", "predict") and cfg.get("print_config", True) and launching_process():
-            print_config_tree(cfg)
+            f.write(OmegaConf.to_yaml(used, resolve=True))
+        if cfg.task in ("train", "eval", "predict") and launching_process():
+            show_config(used, mode, list(hc.overrides.task), hydra_choices(), output_dir)
         try:
             result = TASKS[cfg.task](cfg, output_dir)
         finally:
@@ -101,7 +133,8 @@ class SweepSummary(Callback):
 def cli(argv: list[str] | None = None) -> None:
     """``run.py``: ``--version``, a mistyped ``task=`` stopped with one line before Hydra makes any
     directory (the ``known_task`` resolver is the backstop for other ways of setting it), an
-    existing run directory that cannot be written stopped with one line, then :func:`main`."""
+    existing run directory that cannot be written stopped with one line, then :func:`main`; the jobs
+    it stopped on an expected user error end the command with their lines and exit code 1."""
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     if "--version" in argv:
@@ -119,8 +152,12 @@ def cli(argv: list[str] | None = None) -> None:
             check_writable(folder)
         except RunDirectoryNotWritable as err:
             sys.exit(f"run.py: {err}")
+    global _CLI_PID
+    _CLI_PID = os.getpid()
     with restore_on_early_failure(folder):
         main()
+        if _REFUSALS:  # expected user errors: their lines, no traceback (main)
+            sys.exit("\n".join(_REFUSALS))
 
 
 def existing_run_directory(argv: list[str]) -> Path | None:
@@ -146,11 +183,12 @@ def restore_on_early_failure(folder: Path | None) -> Iterator[None]:
     back what was there: a refused resume leaves a finished run's provenance as it was."""
     global _WRITING
     _WRITING = False
+    _REFUSALS.clear()
     if folder is None:  # a new run directory: a command that fails before any work leaves none
         try:
             yield
         except BaseException as err:
-            if (not isinstance(err, SystemExit) or err.code not in (0, None)) and not _WRITING:
+            if (not isinstance(err, SystemExit) or err.code not in (0, None)) and (not _WRITING or _REFUSALS):
                 remove_unused_claims()
             raise
         return

@@ -3,6 +3,7 @@ what follows from them (the data a checkpoint is evaluated on, evaluation overri
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -82,9 +83,7 @@ def use_checkpoint_data(cfg: DictConfig, overrides: list[str] | None = None) -> 
     given on the command line."""
     if overrides is None:
         overrides = task_overrides()
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
-    if any(k in ("data", "experiment") or (k.startswith("data.") and not k.startswith("data.evaluation"))
-           for k in keys):
+    if data_on_command_line(overrides):
         return
     if cfg.get("predictions"):
         from issf.eval.predictions import read_predictions
@@ -103,6 +102,45 @@ def use_checkpoint_data(cfg: DictConfig, overrides: list[str] | None = None) -> 
     with open_dict(cfg):
         cfg.data = data
     log.info(f"data of {source}: {cfg.data.get('name')} ({cfg.data.datamodule.path})")
+
+
+def data_on_command_line(overrides: list[str]) -> bool:
+    """Whether ``overrides`` choose the data (``data=``, ``experiment=``, ``data.*`` other than
+    ``data.evaluation.*``)."""
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    return any(k in ("data", "experiment") or (k.startswith("data.") and not k.startswith("data.evaluation"))
+               for k in keys)
+
+
+def config_used(cfg: DictConfig, overrides: list[str] | None = None) -> DictConfig:
+    """The config a task runs with, as ``config_resolved.yaml`` records it and the console shows it:
+    ``cfg`` itself, except for ``task=eval`` / ``task=predict`` of a checkpoint (``ckpt_path=``,
+    without ``predictions=`` / ``detections=``), which runs the checkpoint's network: then a copy
+    holding the checkpoint's stored ``model`` and ``seed``, its ``data`` unless the command line
+    chooses the data (as :func:`use_checkpoint_data`), and its evaluation settings with the command
+    line's ``data.evaluation.*`` applied (what the evaluation uses)."""
+    if cfg.get("task") not in ("eval", "predict") or not cfg.get("ckpt_path") or cfg.get("predictions") \
+            or cfg.get("detections"):
+        return cfg
+    from issf.train.checkpoints import read_checkpoint
+    from issf.train.pipeline import with_overrides
+
+    if overrides is None:
+        overrides = task_overrides()
+    hparams = read_checkpoint(cfg.ckpt_path)["hyper_parameters"]  # names the file when it is not a checkpoint
+    stored = rename_key(hparams.get("run_config") or {}, "target", "_target_")  # stored by build.plain_config
+    evaluation = with_overrides(hparams.get("evaluation"), evaluation_overrides(cfg, overrides))
+    used = copy.deepcopy(cfg)
+    with open_dict(used):
+        if stored.get("model"):
+            used.model = OmegaConf.create(stored["model"])
+            used.model.evaluation = evaluation
+        if stored.get("seed") is not None:
+            used.seed = stored["seed"]
+        if stored.get("data") and not data_on_command_line(overrides):
+            used.data = OmegaConf.create(stored["data"])
+        used.data.evaluation = evaluation
+    return used
 
 
 def evaluation_overrides(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:

@@ -99,7 +99,7 @@ def check_resume_config(checkpoint: dict[str, Any], ckpt_path: str, new: dict[st
                           ((k, *v) for k, v in changed.items()))
         raise ResumeConfigError(
             f"resume from {ckpt_path}: the config differs from the one the checkpoint was trained with in\n{lines}\n"
-            f"resume with the same settings, start a new run, or pass resume_changes=allow to resume with these "
+            f"resume with the same settings, start a new run, or add resume_changes=allow to resume with these "
             f"changes anyway (recorded in metrics.json). Keys that may change on resume: trainer.max_epochs, "
             f"devices, logger, callbacks, paths (issf/app/resume.py)")
     return {"resume_changes": {k: [v[0], v[1]] for k, v in changed.items()}}

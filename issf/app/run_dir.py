@@ -44,11 +44,12 @@ def claim_directory(path: str) -> str:
     return _CLAIMED[path]
 
 
-HYDRA_OWN = {".hydra", "run.log", ".issf.lock"}  # what a run directory holds before the task writes
+# what a run directory holds before the task writes: Hydra's files, the lock and the resolved config
+HYDRA_OWN = {".hydra", "run.log", ".issf.lock", "config_resolved.yaml"}
 
 
 def remove_unused_claims() -> list[Path]:
-    """Remove the directories this process claimed that hold nothing but Hydra's own files (a
+    """Remove the directories this process claimed that hold nothing but :data:`HYDRA_OWN` (a
     command that failed before doing any work leaves no run directory behind); returns them."""
     removed = []
     for claimed in _CLAIMED.values():

@@ -164,8 +164,25 @@ def task_predict(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 
 def task_synthesize(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
-    ensure_data(cfg)
-    return {"path": cfg.data.datamodule.path}
+    """Generate the built-in dataset of ``data=`` (a no-op when its file exists with these
+    settings) and say what the file holds: videos per split, feature dimension, size on disk."""
+    from collections import Counter
+
+    from issf.data.h5 import FeatureFile
+
+    if cfg.data.get("synthetic") is None and cfg.data.get("recordings") is None:
+        hint = cfg.data.datamodule.get("prepare_hint") or "python run.py task=prepare data=<name>"
+        raise ValueError(f"task=synthesize: data={cfg.data.get('name')} is not a built-in dataset (data=synthetic, "
+                         f"synthetic_anet, synthetic_sparse, recordings are); prepare its features with: {hint}")
+    made = ensure_data(cfg)
+    path = Path(cfg.data.datamodule.path)
+    file = FeatureFile(path)
+    videos = dict(sorted(Counter(file.subsets.tolist()).items(), key=lambda item: (item[0] != "train", item[0])))
+    size = path.stat().st_size
+    log.info(f"data={cfg.data.get('name')}: {path} {'generated now' if made else 'already there (these settings)'}: "
+             f"{' / '.join(f'{n} {subset}' for subset, n in videos.items())} videos, {file.feature_dim}-d "
+             f"features, {size / 2**20:.1f} MiB on disk")
+    return {"path": str(path), "generated": made, "videos": videos, "feature_dim": file.feature_dim, "bytes": size}
 
 
 def task_verify(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:

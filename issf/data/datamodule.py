@@ -246,7 +246,7 @@ class FeatureDataModule(pl.LightningDataModule):
             self.file = FeatureFile(self.path)
         except FileNotFoundError as err:
             hint = f"\nCreate it with:\n  {self.prepare_hint}" if self.prepare_hint else ""
-            raise FileNotFoundError(f"{err}{hint}") from None
+            raise FileNotFoundError(f"data.datamodule.path: {err}{hint}") from None
         self._check_subsets()
         train = self.file.indices(self.train_subsets)
         if len(train) == 0:

@@ -250,7 +250,7 @@ def _place(out: Path, tmp: Path, overwrite: bool) -> None:
     """Rename the finished ``tmp`` folder to ``out`` (replacing it only with ``overwrite``)."""
     if out.exists():
         if not overwrite:
-            raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+            raise FileExistsError(f"{out} exists; add --overwrite (overwrite=True in Python) to replace it")
         trash = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, trash)
         os.replace(tmp, out)
@@ -278,7 +278,7 @@ def build_recordings(
                                       "source": str(source) if source is not None else None, **settings})
     out = Path(out_folder)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(f"{out} exists; add --overwrite (overwrite=True in Python) to replace it")
     src = load_source(cfg.source)
     missing = [c for c in ACTION_CLASSES + BACKGROUND_CLASSES if c not in src.class_names]
     if missing:

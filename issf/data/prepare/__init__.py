@@ -108,7 +108,8 @@ def prepare_from_config(cfg: Mapping[str, Any], out_path: str | os.PathLike) -> 
                          f"(features only, for task=predict), got {annotations!r}")
     converters = CONVERTERS if annotations == "required" else UNLABELLED_CONVERTERS
     if fmt not in converters:
-        raise ValueError(f"prepare: format must be one of {sorted(converters)}, got {fmt!r}")
+        raise ValueError(f"data.prepare.format: the format must be one of {sorted(converters)}, got {fmt!r}; "
+                         f"e.g. data.prepare.format=wtalc")
     fn = converters[fmt]
     if annotations == "none":
         options = _annotation_options(options, fn)
@@ -116,6 +117,7 @@ def prepare_from_config(cfg: Mapping[str, Any], out_path: str | os.PathLike) -> 
     accepted = own + list(WriterOptions.fields())
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(f"prepare: unknown option(s) {unknown} for format {fmt!r}; accepted: {accepted}")
+        raise ValueError(f"data.prepare: unknown option(s) {unknown} for data.prepare.format={fmt}; accepted: "
+                         f"{accepted}; drop it with ~data.prepare.{unknown[0]}")
     writer = WriterOptions(**{k: v for k, v in options.items() if k in WriterOptions.fields()})
     return fn(out_path=out_path, writer=writer, **{k: v for k, v in options.items() if k in own})

@@ -60,11 +60,11 @@ class WriterOptions:
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float16", "float32"):
-            raise ValueError(f"dtype must be 'float16' or 'float32', got {self.dtype!r}")
+            raise ValueError(f"data.prepare.dtype: must be float16 or float32, got {self.dtype!r}")
         if self.past_end not in ("keep", "drop"):
-            raise ValueError(f"past_end must be 'keep' or 'drop', got {self.past_end!r}")
+            raise ValueError(f"data.prepare.past_end: must be keep or drop, got {self.past_end!r}")
         if not self.snippet_seconds > 0:
-            raise ValueError(f"snippet_seconds must be > 0, got {self.snippet_seconds!r}")
+            raise ValueError(f"data.prepare.snippet_seconds: must be > 0, got {self.snippet_seconds!r}")
 
     @classmethod
     def fields(cls) -> tuple[str, ...]:
@@ -183,7 +183,8 @@ def check_no_near_duplicates(classes: list[str], database: Mapping[str, Any], *,
             raise PrepareError(
                 f"labels {', '.join(repr(n) for n in names)} differ only in case/spacing "
                 f"({', '.join(str(uses[n]) for n in names)} uses): one class misspelt? Fix the annotation, "
-                f"pass a class list (class_names=...), or allow_similar_labels=true to keep them apart",
+                f"give the class list (+data.prepare.class_names=<file or [names]>), or add "
+                f"+data.prepare.allow_similar_labels=true to keep them apart",
                 file=file, video=video, field="annotations.label")
 
 
@@ -260,7 +261,8 @@ def stream_to_file(
     feature_dim, length_tolerance = writer.feature_dim, writer.length_tolerance
     options = {**record, "past_end": past_end, "length_tolerance": length_tolerance}
     if not videos:
-        raise PrepareError("no videos selected for conversion (check subset_map / splits)", file=annotation_file)
+        raise PrepareError("no videos selected for conversion (check data.prepare.subset_map / data.prepare.splits)",
+                           file=annotation_file)
     converted = {v.video_id for v in videos}
     for vid, rows in ambiguous.items():
         if vid not in converted:

@@ -126,9 +126,10 @@ def convert_per_video(
     writer = writer or WriterOptions()
     snippet_seconds = writer.snippet_seconds
     if annotation_format not in ("activitynet", "basnet"):
-        raise ValueError(f"annotation_format must be 'activitynet' or 'basnet', got {annotation_format!r}")
+        raise ValueError(f"data.prepare.annotation_format: must be activitynet or basnet, got {annotation_format!r}")
     if splits is not None and subset_map is not None:
-        raise ValueError("pass splits or subset_map, not both (split lists already name the output subsets)")
+        raise ValueError("data.prepare.splits and data.prepare.subset_map: set one, not both (split lists already "
+                         "name the output subsets); drop one with ~data.prepare.subset_map")
     feature_dir, annotation_file, out_path = Path(feature_dir), Path(annotation_file), Path(out_path)
     if not feature_dir.is_dir():
         raise PrepareFileNotFoundError("feature folder not found", file=feature_dir, field="feature_dir")

@@ -118,7 +118,7 @@ def convert_unlabelled_wtalc(
     folder, out_path = Path(folder), Path(out_path)
     name = name or folder.name.removesuffix("-Annotations")
     feature_path = Path(feature_file) if feature_file else folder / f"{name}-I3D-JOINTFeatures.npy"
-    stat(feature_path, field="features", hint=" (set data.prepare.feature_file=)")
+    stat(feature_path, field="features", hint=" (set data.prepare.feature_file=<file>)")
     check_output(out_path, writer.overwrite)
     files: dict[str, Any] = {"features": describe(feature_path, digest=False)}
     notes: list[str] = []

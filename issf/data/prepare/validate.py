@@ -126,7 +126,7 @@ def check_features(x: np.ndarray, *, file: str | os.PathLike, video: str, fld: s
     if dtype == "float16":
         peak = float(np.abs(x).max())
         if peak > FLOAT16_MAX:
-            raise PrepareError(f"value {peak:g} overflows float16 (max {FLOAT16_MAX:g}); use dtype=float32",
+            raise PrepareError(f"value {peak:g} overflows float16 (max {FLOAT16_MAX:g}); use data.prepare.dtype=float32",
                                **where)
     return x
 

@@ -79,13 +79,13 @@ def convert_wtalc(
     """
     writer = writer or WriterOptions()
     if labels_from not in ("video", "segments"):
-        raise ValueError(f"labels_from must be 'video' or 'segments', got {labels_from!r}")
+        raise ValueError(f"data.prepare.labels_from: must be video or segments, got {labels_from!r}")
     folder, out_path = Path(folder), Path(out_path)
     name = name or folder.name.removesuffix("-Annotations")
     paths = {k: folder / f"{k}.npy" for k in WTALC_FILES}
     paths["features"] = Path(feature_file) if feature_file else folder / f"{name}-I3D-JOINTFeatures.npy"
     for role, p in paths.items():
-        stat(p, field=role, hint=" (set data.prepare.feature_file=)" if role == "features" else "")
+        stat(p, field=role, hint=" (set data.prepare.feature_file=<file>)" if role == "features" else "")
     if ambiguous_file is not None:
         amb_path: Path | None = Path(ambiguous_file)
         stat(amb_path, field="ambiguous")
