@@ -3,14 +3,17 @@ report a value to Python. Counted on the CPU through the operations that force o
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections import Counter
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import issf
 from issf.model.config import ISSFConfig
 from issf.model.network import ISSF
 from issf.model.packing import Packing
@@ -21,9 +24,15 @@ _READS_DEVICE = {"aten._local_scalar_dense.default", "aten.item.default", "aten.
                  "aten.masked_select.default", "aten.is_nonzero.default"}
 
 
+_PACKAGE = str(Path(issf.__file__).resolve().parent) + os.sep
+
+
 def _issf_frame() -> str:
-    frames = [f for f in traceback.extract_stack() if "/issf/" in f.filename]
-    return f"{frames[-1].filename.split('/issf/')[-1]}:{frames[-1].lineno}" if frames else "outside issf"
+    """The innermost frame of the issf package (by path: the checkout itself may be named issf)."""
+    frames = [f for f in traceback.extract_stack() if str(Path(f.filename).resolve()).startswith(_PACKAGE)]
+    if not frames:
+        return "outside issf"
+    return f"{Path(frames[-1].filename).resolve().relative_to(_PACKAGE).as_posix()}:{frames[-1].lineno}"
 
 
 class HostSyncCounter(TorchDispatchMode):
