@@ -29,6 +29,7 @@ class SalientMemory(nn.Module):
         self.register_buffer("slots", torch.zeros(num_classes, slots, dim))
         self.register_buffer("scores", torch.zeros(num_classes, slots))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._known_initialized = False  # host copy once true (is_initialized)
 
     def read(self, classes: Sequence[int]) -> torch.Tensor:
         """Keys [len(classes) * N, D] of the given classes (detached)."""
@@ -76,7 +77,7 @@ class SalientMemory(nn.Module):
     def is_initialized(self) -> bool:
         """Whether the initialisation pass has filled the memory. Once true, answered on the host
         (``initialized`` only ever turns true in a run), so training steps do not read it from the device."""
-        if not getattr(self, "_known_initialized", False):
+        if not self._known_initialized:
             self._known_initialized = bool(self.initialized)
         return self._known_initialized
 

@@ -44,6 +44,7 @@ from issf.data.prepare.validate import (
     PrepareFileNotFoundError,
     PrepareWarning,
 )
+from issf.data.prepare.wtalc import features_path, video_loader
 
 UNLABELLED_SUBSET = "unlabelled"
 Durations = Mapping[str, float] | str | os.PathLike
@@ -116,8 +117,7 @@ def convert_unlabelled_wtalc(
     ... by position; durations from ``durations``, else ``<folder>/duration.npy`` when present."""
     writer = writer or WriterOptions()
     folder, out_path = Path(folder), Path(out_path)
-    name = name or folder.name.removesuffix("-Annotations")
-    feature_path = Path(feature_file) if feature_file else folder / f"{name}-I3D-JOINTFeatures.npy"
+    name, feature_path = features_path(folder, name, feature_file)
     stat(feature_path, field="features", hint=" (set data.prepare.feature_file=<file>)")
     check_output(out_path, writer.overwrite)
     files: dict[str, Any] = {"features": describe(feature_path, digest=False)}
@@ -152,18 +152,8 @@ def convert_unlabelled_wtalc(
     if isinstance(durations, (str, os.PathLike)):
         files["durations"] = describe(Path(durations), digest=True)
 
-    def load(v: Video) -> list[Part]:
-        try:
-            x = np.asarray(feats[v.key])
-        except (TypeError, ValueError) as exc:  # e.g. ragged nested lists
-            raise PrepareError(f"not a numeric array ({exc})", file=feature_path, video=v.video_id,
-                               field=f"features[{v.key}]") from None
-        if feats.dtype == object:
-            feats[v.key] = None  # release each video once it has been handed to the writer
-        return [(x, feature_path, f"features[{v.key}]")]
-
     return stream_to_file(
-        videos, load, out_path=out_path, classes=[], source={"format": "wtalc/unlabelled", "files": files},
+        videos, video_loader(feats, feature_path), out_path=out_path, classes=[], source={"format": "wtalc/unlabelled", "files": files},
         ambiguous={}, ambiguous_file=None, annotation_file=feature_path, writer=writer,
         feature_name=f"{name}-I3D-JOINT", warnings=warnings, notes=notes, skipped={},
         record={"annotations": "none"}, labelled=False,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,29 @@ THUMOS_SUBSETS = {"validation": "train", "test": "test"}
 ACTIVITYNET_SUBSETS = {"training": "train", "validation": "test"}
 
 
+def features_path(folder: Path, name: str | None, feature_file: str | os.PathLike | None) -> tuple[str, Path]:
+    """The dataset name (default: the folder name without ``-Annotations``) and the features file
+    (default: ``<folder>/<name>-I3D-JOINTFeatures.npy``) of a W-TALC folder."""
+    name = name or folder.name.removesuffix("-Annotations")
+    return name, Path(feature_file) if feature_file else folder / f"{name}-I3D-JOINTFeatures.npy"
+
+
+def video_loader(feats: np.ndarray, path: Path) -> Callable[[Video], list[Part]]:
+    """Loads video ``v.key`` of a W-TALC features array for the writer, releasing each object-array
+    entry once it is handed over (the whole file is in memory)."""
+    def load(v: Video) -> list[Part]:
+        try:
+            x = np.asarray(feats[v.key])
+        except (TypeError, ValueError) as exc:  # e.g. ragged nested lists
+            raise PrepareError(f"not a numeric array ({exc})", file=path, video=v.video_id,
+                               field=f"features[{v.key}]") from None
+        if feats.dtype == object:
+            feats[v.key] = None
+        return [(x, path, f"features[{v.key}]")]
+
+    return load
+
+
 def _default_subset_map(subsets: set[str], file: Path) -> dict[str, str]:
     if subsets <= set(THUMOS_SUBSETS):
         return dict(THUMOS_SUBSETS)
@@ -81,9 +104,9 @@ def convert_wtalc(
     if labels_from not in ("video", "segments"):
         raise ValueError(f"data.prepare.labels_from: must be video or segments, got {labels_from!r}")
     folder, out_path = Path(folder), Path(out_path)
-    name = name or folder.name.removesuffix("-Annotations")
+    name, feature_path = features_path(folder, name, feature_file)
     paths = {k: folder / f"{k}.npy" for k in WTALC_FILES}
-    paths["features"] = Path(feature_file) if feature_file else folder / f"{name}-I3D-JOINTFeatures.npy"
+    paths["features"] = feature_path
     for role, p in paths.items():
         stat(p, field=role, hint=" (set data.prepare.feature_file=<file>)" if role == "features" else "")
     if ambiguous_file is not None:
@@ -143,16 +166,7 @@ def convert_wtalc(
     notes = [f"W-TALC features are one pickled object array: loaded whole "
              f"({paths['features'].stat().st_size / 2**20:.0f} MiB on disk) before streaming"]
 
-    def load(v: Video) -> list[Part]:
-        try:
-            x = np.asarray(feats[v.key])
-        except (TypeError, ValueError) as exc:  # e.g. ragged nested lists
-            raise PrepareError(f"not a numeric array ({exc})", file=paths["features"], video=v.video_id,
-                               field=f"features[{v.key}]") from None
-        if feats.dtype == object:
-            feats[v.key] = None  # release each video once it has been handed to the writer
-        return [(x, paths["features"], f"features[{v.key}]")]
-
+    load = video_loader(feats, paths["features"])
     files = {k: describe(p, digest=k != "features") for k, p in paths.items()}
     if amb_path is not None:
         files["ambiguous"] = describe(amb_path, digest=True)
